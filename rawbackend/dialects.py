@@ -1,0 +1,213 @@
+"""What differs between databases, as data: one ``Dialect`` row each.
+
+Adding a database is adding a row here and a folder under ``sql/``. Drivers
+are imported only when a connection is opened, so a SQLite user never loads
+psycopg or PyMySQL.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+from . import errcodes
+from .errors import ErrorRules
+
+__all__ = ("Dialect", "DIALECTS", "POSTGRESQL", "MYSQL", "SQLITE")
+
+
+def _same(value):
+    return value
+
+
+def _maybe_int(value: Any) -> int | None:
+    """``prepare_threshold=none`` turns psycopg's server-side preparation off."""
+    if value is None or str(value).strip().lower() in ("", "none", "null"):
+        return None
+    return int(value)
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str  # also the folder under sql/
+    driver: str  # the DB-API module
+    paramstyle: str  # the driver's own: "pyformat" (%(name)s) or "named" (:name)
+    schemes: tuple[str, ...]  # URL schemes that mean this dialect
+    quote: str  # identifier quote character
+    max_identifier: int  # longest identifier the server accepts
+    database_param: str  # the connect keyword that names the database (or file)
+    has_host: bool  # a server URL (user:password@host:port/db), or a file path
+    connect: Callable[[dict], Any]  # open one connection from its parameters
+    errors: ErrorRules
+    param_types: dict[str, Callable[[str], Any]] = field(default_factory=dict)
+    connect_defaults: dict[str, Any] = field(default_factory=dict)
+    # Codes that mean server-side prepared statements got lost (PgBouncer).
+    unprepare_codes: frozenset = frozenset()
+    # How a datetime is written and read back, as the driver or SQLAlchemy does.
+    encode_datetime: Callable[[datetime | None], Any] = _same
+    decode_datetime: Callable[[Any], datetime | None] = _same
+    # The socket a connection owns, to be replaced in a forked child (pool.py).
+    socket_of: Callable[[Any], int | None] = lambda conn: None
+    # Parameters that a pool of this dialect must use whatever the options say
+    # (one shared in-memory SQLite database lives only as long as its connection).
+    pool_overrides: Callable[[dict], dict] = lambda params: {}
+
+    def quote_identifier(self, name: str) -> str:
+        return f"{self.quote}{name}{self.quote}"
+
+    def typed(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Query-string values converted to what the driver's connect takes."""
+        return {
+            key: self.param_types.get(key, _same)(value) for key, value in params.items()
+        }
+
+
+def _connect_postgresql(params: dict) -> Any:
+    import psycopg
+
+    # Autocommit: a store is one statement, so no BEGIN/COMMIT round trips.
+    return psycopg.connect(autocommit=True, **params)
+
+
+def _connect_mysql(params: dict) -> Any:
+    import pymysql
+
+    return pymysql.connect(autocommit=True, **params)
+
+
+def _connect_sqlite(params: dict) -> Any:
+    import sqlite3
+
+    # isolation_level=None: autocommit, as on the servers. The pool hands a
+    # connection to one thread at a time, so cross-thread use is safe.
+    return sqlite3.connect(isolation_level=None, check_same_thread=False, **params)
+
+
+def _postgresql_socket(conn) -> int | None:
+    try:
+        return conn.pgconn.socket
+    except Exception:  # closed, or never opened
+        return None
+
+
+def _mysql_socket(conn) -> int | None:
+    sock = getattr(conn, "_sock", None)
+    return sock.fileno() if sock is not None else None
+
+
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    # SQLAlchemy's SQLite DateTime storage format, which Celery's rows have.
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sqlite_read_datetime(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _sqlite_pool_overrides(params: dict) -> dict:
+    if params.get("database") in (":memory:", ""):
+        # Each connection to :memory: is a new database: keep exactly one.
+        return {"pool_size": 1, "max_overflow": 0, "pool_recycle": -1}
+    return {}
+
+
+POSTGRESQL = Dialect(
+    name="postgresql",
+    driver="psycopg",
+    paramstyle="pyformat",
+    schemes=(
+        "postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2",
+        "postgresql+psycopg3", "postgresql+psycopg_binary",
+    ),
+    quote='"',
+    max_identifier=63,
+    database_param="dbname",
+    has_host=True,
+    connect=_connect_postgresql,
+    errors=ErrorRules(
+        driver="psycopg",
+        code_of=lambda exc: getattr(exc, "sqlstate", None),
+        codes=errcodes.POSTGRESQL_CODES,
+        classes=errcodes.POSTGRESQL_CLASSES,
+        class_width=2,
+        codeless={"OperationalError": errcodes.DISCONNECT, "InterfaceError": errcodes.DISCONNECT},
+    ),
+    param_types={"prepare_threshold": _maybe_int},
+    unprepare_codes=errcodes.POSTGRESQL_UNPREPARE,
+    socket_of=_postgresql_socket,
+)
+
+MYSQL = Dialect(
+    name="mysql",
+    driver="pymysql",
+    paramstyle="pyformat",
+    schemes=("mysql", "mysql+pymysql", "mysql+mysqldb", "mariadb", "mariadb+pymysql", "mariadb+mysqldb"),
+    quote="`",
+    max_identifier=64,
+    database_param="database",
+    has_host=True,
+    connect=_connect_mysql,
+    errors=ErrorRules(
+        driver="pymysql",
+        code_of=lambda exc: exc.args[0] if exc.args and isinstance(exc.args[0], int) else None,
+        codes=errcodes.MYSQL_CODES,
+        codeless={"InterfaceError": errcodes.DISCONNECT},
+    ),
+    param_types={
+        **dict.fromkeys(
+            ("port", "connect_timeout", "read_timeout", "write_timeout", "client_flag",
+             "max_allowed_packet"), int),
+        **dict.fromkeys(("binary_prefix", "local_infile", "autocommit"), _truthy),
+    },
+    # utf8mb4: all of Unicode. binary_prefix: result bytes go as _binary'...',
+    # never checked against the connection's character set.
+    connect_defaults={"charset": "utf8mb4", "binary_prefix": True},
+    socket_of=_mysql_socket,
+)
+
+SQLITE = Dialect(
+    name="sqlite",
+    driver="sqlite3",
+    paramstyle="named",
+    schemes=("sqlite", "sqlite+pysqlite"),
+    quote='"',
+    max_identifier=1024,
+    database_param="database",
+    has_host=False,
+    connect=_connect_sqlite,
+    errors=ErrorRules(
+        driver="sqlite3",
+        code_of=lambda exc: (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF or None,
+        codes=errcodes.SQLITE_CODES,
+    ),
+    param_types={"timeout": float, "cached_statements": int, "uri": _truthy},
+    encode_datetime=_sqlite_datetime,
+    decode_datetime=_sqlite_read_datetime,
+    pool_overrides=_sqlite_pool_overrides,
+)
+
+DIALECTS: tuple[Dialect, ...] = (POSTGRESQL, MYSQL, SQLITE)
+BY_SCHEME: dict[str, Dialect] = {s: d for d in DIALECTS for s in d.schemes}
+
+
+def replace_socket_with_devnull(fd: int | None) -> None:
+    """Point ``fd`` at /dev/null in this process only.
+
+    A forked child shares its parent's sockets. Closing a driver connection
+    would send the server a goodbye on the parent's socket (libpq's Terminate,
+    MySQL's COM_QUIT) and end the parent's session; pointing the child's
+    descriptor elsewhere first makes any later close or garbage collection
+    harmless, and leaves the parent's socket alone.
+    """
+    if fd is None or fd < 0:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

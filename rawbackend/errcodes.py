@@ -1,0 +1,67 @@
+"""Which driver errors are worth retrying: tables only, one per dialect.
+
+Each row maps a code to a ``Verdict``: ``transient`` (the same operation may
+succeed if tried again) and ``disconnect`` (the connection is gone or unusable:
+drop it and every pooled sibling). ``errors.classify`` reads these tables.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Verdict(NamedTuple):
+    transient: bool
+    disconnect: bool
+
+
+TRANSIENT = Verdict(transient=True, disconnect=False)
+DISCONNECT = Verdict(transient=True, disconnect=True)
+
+# PostgreSQL SQLSTATE codes (psycopg ``exc.sqlstate``); the exact code first,
+# then its two-character class.
+POSTGRESQL_CODES: dict[str, Verdict] = {
+    # Class 40, transaction rollback: run it again.
+    "40001": TRANSIENT,  # serialization_failure
+    "40P01": TRANSIENT,  # deadlock_detected
+    # Operator intervention: the server is going away or not there yet.
+    "57P01": DISCONNECT,  # admin_shutdown (also pg_terminate_backend)
+    "57P02": DISCONNECT,  # crash_shutdown
+    "57P03": DISCONNECT,  # cannot_connect_now (starting up, shutting down)
+    "57P05": DISCONNECT,  # idle_session_timeout
+    # Resources.
+    "53300": TRANSIENT,  # too_many_connections
+    "55P03": TRANSIENT,  # lock_not_available (lock_timeout)
+    "57014": TRANSIENT,  # query_canceled (statement_timeout)
+    # Behind PgBouncer in transaction mode: a prepared statement that lived on
+    # another server connection. Handled by turning preparation off (session.py).
+    "26000": TRANSIENT,  # invalid_sql_statement_name
+    "42P05": TRANSIENT,  # duplicate_prepared_statement
+}
+POSTGRESQL_CLASSES: dict[str, Verdict] = {
+    "08": DISCONNECT,  # connection exception
+    "40": TRANSIENT,  # transaction rollback
+}
+# The codes that mean "server-side prepared statements don't survive here".
+POSTGRESQL_UNPREPARE = frozenset({"26000", "42P05"})
+
+# MySQL/MariaDB error numbers (PyMySQL ``exc.args[0]``).
+MYSQL_CODES: dict[int, Verdict] = {
+    1205: TRANSIENT,  # ER_LOCK_WAIT_TIMEOUT
+    1213: TRANSIENT,  # ER_LOCK_DEADLOCK
+    1040: TRANSIENT,  # ER_CON_COUNT_ERROR: too many connections
+    1053: DISCONNECT,  # ER_SERVER_SHUTDOWN
+    1927: DISCONNECT,  # ER_CONNECTION_KILLED (MariaDB)
+    4031: DISCONNECT,  # ER_CLIENT_INTERACTION_TIMEOUT: idle client disconnected
+    2003: DISCONNECT,  # CR_CONN_HOST_ERROR: can't connect
+    2006: DISCONNECT,  # CR_SERVER_GONE_ERROR
+    2013: DISCONNECT,  # CR_SERVER_LOST
+    2014: DISCONNECT,  # CR_COMMANDS_OUT_OF_SYNC: the protocol state is lost
+    2055: DISCONNECT,  # CR_SERVER_LOST_EXTENDED
+}
+
+# SQLite primary result codes (``exc.sqlite_errorcode & 0xFF``): extended codes
+# such as SQLITE_BUSY_SNAPSHOT (517) fold to their primary code.
+SQLITE_CODES: dict[int, Verdict] = {
+    5: TRANSIENT,  # SQLITE_BUSY: another connection holds the lock
+    6: TRANSIENT,  # SQLITE_LOCKED: a conflict within one shared cache
+}

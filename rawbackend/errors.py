@@ -1,0 +1,45 @@
+"""Classify driver errors: is it worth trying again, must the connection go?"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errcodes import DISCONNECT, Verdict
+
+__all__ = ("ErrorRules", "Verdict", "classify")
+
+
+@dataclass(frozen=True)
+class ErrorRules:
+    """How one driver reports errors, and which of them are retryable."""
+
+    driver: str  # the module whose exceptions these are
+    code_of: Callable[[BaseException], Any]  # the code an exception carries, or None
+    codes: dict  # exact code -> Verdict
+    classes: dict = field(default_factory=dict)  # code prefix -> Verdict
+    class_width: int = 0  # how many leading characters make a code's class
+    # Exceptions that carry no code, by class name in the driver module: a
+    # connection closed under us, a socket that died.
+    codeless: dict[str, Verdict] = field(default_factory=dict)
+
+    def verdict(self, exc: BaseException) -> Verdict | None:
+        code = self.code_of(exc)
+        if code:
+            found = self.codes.get(code)
+            if found is None and self.class_width:
+                found = self.classes.get(str(code)[: self.class_width])
+            return found
+        module = importlib.import_module(self.driver)
+        for name, found in self.codeless.items():
+            if isinstance(exc, getattr(module, name)):
+                return found
+        return None
+
+
+def classify(rules: ErrorRules, exc: BaseException) -> Verdict | None:
+    """The verdict on ``exc`` (None: not retryable, let it propagate)."""
+    if isinstance(exc, ConnectionError):
+        # An OSError from a socket the driver did not wrap.
+        return DISCONNECT
+    return rules.verdict(exc)

@@ -1,0 +1,189 @@
+"""The rows: ``Task``, ``TaskExtended``, ``TaskSet``, and the tables they live in."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import ClassVar
+
+from celery import states
+from celery.exceptions import ImproperlyConfigured
+
+from .dialects import Dialect
+from .loader import load_dialect
+
+__all__ = ("Task", "TaskExtended", "TaskSet", "Tables")
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _check_identifier(kind: str, value: str | None) -> str | None:
+    if value is not None and not (isinstance(value, str) and IDENTIFIER.match(value)):
+        raise ImproperlyConfigured(
+            f"rawbackend: table {kind} {value!r} is not a valid identifier "
+            "(letters, digits and underscores, not starting with a digit)"
+        )
+    return value
+
+
+class _Model:
+    """What the three models share: their table, and ``configure``."""
+
+    __tablename__: ClassVar[str]
+    __sequence__: ClassVar[str]
+    table_name: ClassVar[str]
+    table_schema: ClassVar[str | None] = None
+
+    @classmethod
+    def configure(cls, schema: str | None = None, name: str | None = None) -> None:
+        """Use table ``name`` in ``schema`` (None: Celery's default name, no schema)."""
+        cls.table_schema = _check_identifier("schema", schema)
+        cls.table_name = _check_identifier("name", name) or cls.__tablename__
+
+    @classmethod
+    def bound(cls) -> type:
+        """A subclass of its own, so that one backend's ``configure`` never
+        changes another's tables (two apps in one process)."""
+        return type(cls.__name__, (cls,), {"__module__": cls.__module__})
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.name != "id")
+
+
+@dataclass(repr=False, eq=False)
+class Task(_Model):
+    """Task result/status."""
+
+    __tablename__: ClassVar[str] = "celery_taskmeta"
+    __sequence__: ClassVar[str] = "task_id_sequence"
+    table_name: ClassVar[str] = "celery_taskmeta"
+
+    task_id: str | None = None
+    status: str = states.PENDING
+    result: bytes | None = None
+    date_done: datetime | None = None
+    traceback: str | None = None
+    children: bytes | None = None
+    id: int | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "task_id": self.task_id,
+            "status": self.status,
+            "result": self.result,
+            "traceback": self.traceback,
+            "date_done": self.date_done,
+            "children": self.children,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Task {self.task_id} state: {self.status}>"
+
+
+@dataclass(repr=False, eq=False)
+class TaskExtended(Task):
+    """For the extended result."""
+
+    name: str | None = None
+    args: bytes | None = None
+    kwargs: bytes | None = None
+    worker: str | None = None
+    retries: int | None = None
+    queue: str | None = None
+    stamps: bytes | None = None
+
+    def to_dict(self) -> dict:
+        task_dict = super().to_dict()
+        task_dict.update(
+            name=self.name, args=self.args, kwargs=self.kwargs, worker=self.worker,
+            retries=self.retries, queue=self.queue, stamps=self.stamps,
+        )
+        return task_dict
+
+
+@dataclass(repr=False, eq=False)
+class TaskSet(_Model):
+    """TaskSet (group) result."""
+
+    __tablename__: ClassVar[str] = "celery_tasksetmeta"
+    __sequence__: ClassVar[str] = "taskset_id_sequence"
+    table_name: ClassVar[str] = "celery_tasksetmeta"
+
+    taskset_id: str | None = None
+    result: bytes | None = None
+    date_done: datetime | None = None
+    id: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"taskset_id": self.taskset_id, "result": self.result, "date_done": self.date_done}
+
+    def __repr__(self) -> str:
+        return f"<TaskSet: {self.taskset_id}>"
+
+
+SLOT_KINDS = ("table", "table_name", "index", "index_name", "sequence", "sequence_name")
+KNOWN_SLOTS = frozenset(f"{prefix}_{kind}" for prefix in ("task", "group") for kind in SLOT_KINDS)
+REQUIRED = frozenset({
+    "store_result", "store_result_extended", "get_task_meta", "get_task_meta_extended",
+    "task_result_exists", "forget", "delete_expired_tasks", "save_group", "restore_group",
+    "delete_group", "delete_expired_groups", "table_columns",
+})
+# Columns older Celery versions lack, added at set-up when missing.
+MIGRATED_COLUMNS = ("children", "name", "args", "kwargs", "worker", "retries", "queue", "stamps")
+
+
+class Tables:
+    """One backend's two tables on one dialect: names, and the SQL rendered for them."""
+
+    def __init__(self, dialect: Dialect, task_cls: type[Task], taskset_cls: type[TaskSet]):
+        self.dialect = dialect
+        self.task_cls = task_cls
+        self.taskset_cls = taskset_cls
+        self.key = (
+            dialect.name, task_cls.table_schema, task_cls.table_name,
+            taskset_cls.table_schema, taskset_cls.table_name,
+        )
+        slots = {**self._slots("task", task_cls), **self._slots("group", taskset_cls)}
+        statements = load_dialect(dialect.name, dialect.paramstyle, KNOWN_SLOTS, REQUIRED)
+        self.sql: dict[str, str] = {name: st.render(slots) for name, st in statements.items()}
+
+    def _slots(self, prefix: str, model: type[_Model]) -> dict[str, str]:
+        dialect = self.dialect
+        for value in (model.table_schema, model.table_name):
+            if value is not None and len(value) > dialect.max_identifier:
+                raise ImproperlyConfigured(
+                    f"rawbackend: table name {value!r} is longer than the "
+                    f"{dialect.max_identifier} characters {dialect.name} allows"
+                )
+        q = dialect.quote_identifier
+        schema = f"{q(model.table_schema)}." if model.table_schema else ""
+        index = f"ix_{model.table_name}_date_done"
+        sequence = f"{schema}{q(model.__sequence__)}"
+        return {
+            f"{prefix}_table": f"{schema}{q(model.table_name)}",
+            f"{prefix}_table_name": q(model.table_name),
+            f"{prefix}_index": f"{schema}{q(index)}",
+            f"{prefix}_index_name": q(index),
+            f"{prefix}_sequence_name": sequence,
+            # nextval() takes the sequence's name as a string.
+            f"{prefix}_sequence": f"'{sequence}'",
+        }
+
+    def columns(self, session, model: type[_Model]) -> set[str]:
+        rows = session.fetch_all(
+            self.sql["table_columns"], {"schema": model.table_schema, "table": model.table_name}
+        )
+        return {row["name"] for row in rows}
+
+    def create(self, session) -> None:
+        """Create what is missing: tables, indexes and sequences, or new columns."""
+        task_columns = self.columns(session, self.task_cls)
+        if not task_columns or not self.columns(session, self.taskset_cls):
+            for name, sql in self.sql.items():
+                if name.startswith("create_"):
+                    session.execute(sql)
+            return
+        for column in MIGRATED_COLUMNS:
+            if column not in task_columns:
+                session.execute(self.sql[f"add_task_column_{column}"])

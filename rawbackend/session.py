@@ -1,0 +1,293 @@
+"""The session manager: Celery's ``SessionManager`` over rawbackend's pools.
+
+An "engine" is a ``Pool`` for one URL; a "session" is a checked-out
+connection with ``execute``/``fetch_one``/``fetch_all`` and
+``commit``/``rollback``/``close``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from celery.utils.time import get_exponential_backoff_interval
+
+from .errors import classify
+from .pool import Pool, PooledConnection
+from .url import parse_url, strip_prefix
+
+__all__ = ("SessionManager", "Session", "sanitize_url")
+
+logger = logging.getLogger(__name__)
+echo_logger = logging.getLogger("rawbackend.echo")
+
+PREPARE_MODELS_MAX_RETRIES = 10
+
+# SQLAlchemy's engine options that the pool understands, with their defaults.
+POOL_OPTIONS = {
+    "pool_size": 5,
+    "max_overflow": 10,
+    "pool_timeout": 30.0,
+    "pool_recycle": -1,
+    "pool_use_lifo": False,
+    "echo": False,
+}
+# Understood elsewhere: pre-ping is always on in rawbackend's own way (see
+# Session._run), connect_args and prepare_threshold go to the driver.
+OTHER_OPTIONS = {"pool_pre_ping", "connect_args", "prepare_threshold"}
+_warned_options: set[str] = set()
+
+
+def sanitize_url(url: str) -> str:
+    """``url`` with its password replaced by ``**``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rpartition("@")
+        userinfo = parts.netloc[: len(netloc[0])].partition(":")[0]
+        return urlunsplit(parts._replace(netloc=f"{userinfo}:**@{netloc[2]}"))
+    except ValueError:
+        return "<a malformed URL>"
+
+
+class Session:
+    """A connection checked out of a pool, for one unit of work."""
+
+    __slots__ = ("engine", "_pooled")
+
+    def __init__(self, engine: Pool):
+        self.engine = engine
+        self._pooled: PooledConnection | None = None
+
+    # The few verbs: run a statement, and say how many rows you want back.
+    def execute(self, sql: str, params: dict | None = None) -> int:
+        """Run one statement; the number of rows it touched."""
+        return self._run(sql, params, _rowcount)
+
+    def fetch_one(self, sql: str, params: dict | None = None) -> dict | None:
+        return self._run(sql, params, _one)
+
+    def fetch_all(self, sql: str, params: dict | None = None) -> list[dict]:
+        return self._run(sql, params, _all)
+
+    def commit(self) -> None:
+        """Connections run in autocommit: each statement is committed as it runs."""
+
+    def rollback(self) -> None:
+        """Nothing to undo in autocommit; a broken connection is dropped on close."""
+
+    def close(self) -> None:
+        """Give the connection back to the pool."""
+        pooled, self._pooled = self._pooled, None
+        if pooled is not None:
+            self.engine.putconn(pooled)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _run(self, sql: str, params: dict | None, consume: Callable):
+        engine = self.engine
+        if self._pooled is None:
+            self._pooled = engine.getconn()
+        if engine.echo:
+            echo_logger.info("%s %r", sql, params)
+        try:
+            return _execute(self._pooled.conn, sql, params, consume)
+        except Exception as exc:
+            verdict = classify(engine.dialect.errors, exc)
+            if verdict is None:
+                raise
+            pooled, self._pooled = self._pooled, None
+            if getattr(exc, "sqlstate", None) in engine.dialect.unprepare_codes:
+                # Behind PgBouncer in transaction mode, the statement psycopg
+                # prepared went with another server connection. Stop preparing
+                # on this pool, and run the (idempotent) statement again.
+                engine.disable_prepare()
+                engine.putconn(pooled, discard=True)
+            elif verdict.disconnect and not pooled.fresh:
+                # A pooled connection died while idle (server restart, idle
+                # kill): this is pre-ping without a ping on the healthy path.
+                # Its idle siblings are likely dead too. Every statement we
+                # run is idempotent, so running it again is safe.
+                engine.putconn(pooled, discard=True)
+                engine.dispose()
+            else:
+                engine.putconn(pooled, discard=verdict.disconnect)
+                raise
+            logger.info("rawbackend: %s; running the statement again on a new connection", exc)
+            self._pooled = engine.getconn()
+            return _execute(self._pooled.conn, sql, params, consume)
+
+
+def _execute(conn, sql, params, consume):
+    cursor = conn.cursor()
+    try:
+        if params is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, params)
+        return consume(cursor)
+    finally:
+        cursor.close()
+
+
+def _rowcount(cursor) -> int:
+    return cursor.rowcount
+
+
+def _one(cursor) -> dict | None:
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip([d[0] for d in cursor.description], row))
+
+
+def _all(cursor) -> list[dict]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+class SessionManager:
+    """Pools by URL, and sessions from them; fork-safe and thread-safe."""
+
+    def __init__(self, engine_callback: Callable[[Pool], Any] | None = None):
+        self._engines: dict[str, Pool] = {}
+        self._sessions: dict[str, Callable[[], Session]] = {}
+        self._prepared: set = set()
+        self._lock = threading.Lock()
+        self.forked = False
+        self.prepared = False
+        self.engine_callback = engine_callback
+        _MANAGERS.add(self)
+
+    def _after_fork(self) -> None:
+        self.forked = True
+
+    def get_engine(self, dburi: str, **kwargs) -> Pool:
+        """The pool for ``dburi``, made on first use with SQLAlchemy-style options.
+
+        Unlike Celery's, it pools in every process, forked or not: the pool
+        itself is fork-safe.
+        """
+        engine = self._engines.get(dburi)
+        if engine is not None:
+            return engine
+        with self._lock:
+            engine = self._engines.get(dburi)
+            if engine is None:
+                engine = self._engines[dburi] = self._new_engine(dburi, kwargs)
+        return engine
+
+    def _new_engine(self, dburi: str, options: dict) -> Pool:
+        dialect, params = parse_url(dburi)
+        params.update(options.get("connect_args") or {})
+        if "prepare_threshold" in options and dialect.param_types.get("prepare_threshold"):
+            params["prepare_threshold"] = dialect.typed(
+                {"prepare_threshold": options["prepare_threshold"]})["prepare_threshold"]
+        for key in options.keys() - POOL_OPTIONS.keys() - OTHER_OPTIONS:
+            if key not in _warned_options:
+                _warned_options.add(key)
+                logger.warning("rawbackend: engine option %r is not supported and is ignored", key)
+        pool_options = {k: options.get(k, default) for k, default in POOL_OPTIONS.items()}
+        pool_options.update(dialect.pool_overrides(params))
+        engine = Pool(dialect, params, name=sanitize_url(strip_prefix(dburi)), **pool_options)
+        if self.engine_callback is not None:
+            self.engine_callback(engine)
+        return engine
+
+    def create_session(self, dburi: str, short_lived_sessions: bool = False, **kwargs):
+        """``(engine, session_factory)`` for ``dburi``."""
+        engine = self.get_engine(dburi, **kwargs)
+        if short_lived_sessions or dburi not in self._sessions:
+            self._sessions[dburi] = lambda: Session(engine)
+        return engine, self._sessions[dburi]
+
+    def prepare_models(self, engine: Pool, tables=None) -> None:
+        """Create the tables of ``tables`` (a ``models.Tables``) once per pool.
+
+        Many workers starting at once may race to create them: like Celery,
+        try again a few times with a backoff.
+        """
+        if tables is None:
+            return
+        key = (id(engine), tables.key)
+        if key in self._prepared:
+            return
+        retries = 0
+        while True:
+            try:
+                with Session(engine) as session:
+                    tables.create(session)
+            except Exception as exc:
+                if retries >= PREPARE_MODELS_MAX_RETRIES or not _is_driver_error(engine, exc):
+                    raise
+                retries += 1
+                time.sleep(get_exponential_backoff_interval(10, retries, 1000, True) / 1000)
+            else:
+                break
+        self._prepared.add(key)
+        self.prepared = True
+
+    def session_factory(self, dburi: str, tables=None, **kwargs) -> Session:
+        """A new session on ``dburi``'s pool, its tables made first if need be."""
+        engine, factory = self.create_session(dburi, **kwargs)
+        self.prepare_models(engine, tables)
+        return factory()
+
+    def invalidate(self, dburi: str) -> None:
+        """Drop every pooled connection for ``dburi``."""
+        self._sessions.pop(dburi, None)
+        engine = self._engines.pop(dburi, None)
+        if engine is not None:
+            engine.dispose()
+        self._prepared = {key for key in self._prepared if engine is None or key[0] != id(engine)}
+
+    def wait_for_server(self, dburi: str, budget: float, **kwargs) -> bool:
+        """Try to connect until the server answers or ``budget`` seconds pass.
+
+        Used between retries after a disconnect, so that a server restart costs
+        a stall instead of a lost result. The connection made goes into the pool.
+        """
+        engine = self.get_engine(dburi, **kwargs)
+        deadline = time.monotonic() + budget
+        attempt = 0
+        while True:
+            try:
+                pooled = engine.getconn()
+            except Exception as exc:
+                if classify(engine.dialect.errors, exc) is None:
+                    raise
+                attempt += 1
+                pause = min(0.05 * 2 ** attempt, 1.0, deadline - time.monotonic())
+                if pause <= 0:
+                    return False
+                time.sleep(pause)
+            else:
+                engine.putconn(pooled)
+                return True
+
+
+def _is_driver_error(engine: Pool, exc: Exception) -> bool:
+    import importlib
+
+    driver = importlib.import_module(engine.dialect.driver)
+    return isinstance(exc, getattr(driver, "Error", ()))
+
+
+_MANAGERS: "weakref.WeakSet[SessionManager]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for manager in list(_MANAGERS):
+        manager._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

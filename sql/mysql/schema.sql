@@ -1,0 +1,39 @@
+-- Tables as Celery 5.7.0's SQLAlchemy models create them on MySQL/MariaDB,
+-- run in file order at set-up; every statement is safe to run again.
+
+-- name: create_task_table
+-- The task results table as Celery creates it, with room for larger results.
+-- why: Celery's BLOB and TEXT stop at 64 KB; LONGBLOB/LONGTEXT hold what Celery's
+-- why: backend writes and reads just the same. The index is inline because
+-- why: MySQL 8 has no CREATE INDEX IF NOT EXISTS.
+CREATE TABLE IF NOT EXISTS {task_table} (
+    id INTEGER NOT NULL AUTO_INCREMENT,
+    task_id VARCHAR(155),
+    status VARCHAR(50),
+    result LONGBLOB,
+    date_done DATETIME,
+    traceback LONGTEXT,
+    children BLOB,
+    name VARCHAR(155),
+    args BLOB,
+    kwargs BLOB,
+    worker VARCHAR(155),
+    retries INTEGER,
+    queue VARCHAR(155),
+    stamps BLOB,
+    PRIMARY KEY (id),
+    UNIQUE (task_id),
+    INDEX {task_index_name} (date_done)
+);
+
+-- name: create_group_table
+-- The group results table as Celery creates it, with room for larger groups.
+CREATE TABLE IF NOT EXISTS {group_table} (
+    id INTEGER NOT NULL AUTO_INCREMENT,
+    taskset_id VARCHAR(155),
+    result LONGBLOB,
+    date_done DATETIME,
+    PRIMARY KEY (id),
+    UNIQUE (taskset_id),
+    INDEX {group_index_name} (date_done)
+);

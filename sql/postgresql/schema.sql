@@ -1,0 +1,52 @@
+-- Tables as Celery 5.7.0's SQLAlchemy models create them on PostgreSQL, run
+-- in file order at set-up; every statement is safe to run again.
+
+-- name: create_task_sequence
+-- The sequence Celery's models draw task row ids from.
+-- why: Celery's id column has no server default; the INSERT calls nextval itself.
+CREATE SEQUENCE IF NOT EXISTS {task_sequence_name};
+
+-- name: create_task_table
+-- The task results table, column for column as Celery creates it.
+CREATE TABLE IF NOT EXISTS {task_table} (
+    id INTEGER NOT NULL,
+    task_id VARCHAR(155),
+    status VARCHAR(50),
+    result BYTEA,
+    date_done TIMESTAMP WITHOUT TIME ZONE,
+    traceback TEXT,
+    children BYTEA,
+    name VARCHAR(155),
+    args BYTEA,
+    kwargs BYTEA,
+    worker VARCHAR(155),
+    retries INTEGER,
+    queue VARCHAR(155),
+    stamps BYTEA,
+    PRIMARY KEY (id),
+    UNIQUE (task_id)
+);
+
+-- name: create_task_index
+-- The date_done index that cleanup() uses.
+-- why: PostgreSQL puts an index in its table's schema; its name is never qualified.
+CREATE INDEX IF NOT EXISTS {task_index_name} ON {task_table} (date_done);
+
+-- name: create_group_sequence
+-- The sequence Celery's models draw group row ids from.
+CREATE SEQUENCE IF NOT EXISTS {group_sequence_name};
+
+-- name: create_group_table
+-- The group results table, as Celery creates it.
+CREATE TABLE IF NOT EXISTS {group_table} (
+    id INTEGER NOT NULL,
+    taskset_id VARCHAR(155),
+    result BYTEA,
+    date_done TIMESTAMP WITHOUT TIME ZONE,
+    PRIMARY KEY (id),
+    UNIQUE (taskset_id)
+);
+
+-- name: create_group_index
+-- The date_done index that cleanup() uses.
+CREATE INDEX IF NOT EXISTS {group_index_name} ON {group_table} (date_done);

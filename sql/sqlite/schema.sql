@@ -1,0 +1,42 @@
+-- Tables as Celery 5.7.0's SQLAlchemy models create them on SQLite, run in
+-- file order at set-up; every statement is safe to run again.
+
+-- name: create_task_table
+-- The task results table, column for column as Celery creates it.
+CREATE TABLE IF NOT EXISTS {task_table} (
+    id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    task_id VARCHAR(155),
+    status VARCHAR(50),
+    result BLOB,
+    date_done DATETIME,
+    traceback TEXT,
+    children BLOB,
+    name VARCHAR(155),
+    args BLOB,
+    kwargs BLOB,
+    worker VARCHAR(155),
+    retries INTEGER,
+    queue VARCHAR(155),
+    stamps BLOB,
+    UNIQUE (task_id)
+);
+
+-- name: create_task_index
+-- The date_done index that cleanup() uses.
+-- why: SQLite names the index, not the table, with its schema.
+CREATE INDEX IF NOT EXISTS {task_index} ON {task_table_name} (date_done);
+
+-- name: create_group_table
+-- The group results table, as Celery creates it.
+CREATE TABLE IF NOT EXISTS {group_table} (
+    id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    taskset_id VARCHAR(155),
+    result BLOB,
+    date_done DATETIME,
+    UNIQUE (taskset_id)
+);
+
+-- name: create_group_index
+-- The date_done index that cleanup() uses.
+-- why: SQLite names the index, not the table, with its schema.
+CREATE INDEX IF NOT EXISTS {group_index} ON {group_table_name} (date_done);
