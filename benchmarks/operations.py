@@ -412,70 +412,57 @@ def timed_batch(call: Call, settings: Settings) -> Sample:
     return Sample(values)
 
 
-def prefork_stores(backend: Any, loc: Location, procs: int, stores: int) -> tuple[int, float]:
+def prefork_stores(backend: Any, loc: Location, procs: int, stores: int,
+                   timeout: float = 300.0) -> tuple[int, float]:
     """Fork ``procs`` children that each store ``stores`` results; (total, seconds).
 
-    ``backend`` None means the floor: each child opens its own connection.
-    The clock runs from the first child's start to the last child's end
-    (perf_counter is CLOCK_MONOTONIC, the same in every process).
+    multiprocessing's fork start method does what billiard's prefork pool
+    does: ``os.fork()``, then the after-fork hooks, which is where Celery's
+    SessionManager turns its pool on. ``backend`` None means the floor: each
+    child opens its own connection. The clock runs from the first child's
+    start to the last child's end (perf_counter is CLOCK_MONOTONIC, the same
+    in every process).
     """
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    done_r, done_w = os.pipe()
-    pids = []
-    for _ in range(procs):
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            status = 1
-            try:
-                os.close(go_w)
-                # What billiard runs in a new prefork child: Celery's
-                # SessionManager turns its pool on here.
-                multiprocessing.util._run_after_forkers()
-                os.write(ready_w, b"r")
-                os.read(go_r, 1)
-                t0 = time.perf_counter()
-                if backend is None:
-                    floor = Floor(loc)
-                    small = encode(SMALL_RESULT)
-                    for _ in range(stores):
-                        floor.store(new_id(), states.SUCCESS, small)
-                else:
-                    for _ in range(stores):
-                        backend.store_result(new_id(), SMALL_RESULT, states.SUCCESS)
-                t1 = time.perf_counter()
-                os.write(done_w, json.dumps([t0, t1]).encode().ljust(64) )
-                status = 0
-            except BaseException as exc:
-                os.write(done_w, json.dumps(["error", repr(exc)[:40]]).encode().ljust(64)[:64])
-            finally:
-                os._exit(status)  # no atexit, no finalizers: the parent's connections stay its own
-        pids.append(pid)
-    os.close(ready_w)
-    os.close(done_w)
-    os.close(go_r)
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Semaphore(0)
+    go = ctx.Event()
+    spans: Any = ctx.Queue()
+
+    def child() -> None:
+        try:
+            ready.release()
+            go.wait(timeout)
+            t0 = time.perf_counter()
+            if backend is None:
+                floor = Floor(loc)
+                small = encode(SMALL_RESULT)
+                for _ in range(stores):
+                    floor.store(new_id(), states.SUCCESS, small)
+            else:
+                for _ in range(stores):
+                    backend.store_result(new_id(), SMALL_RESULT, states.SUCCESS)
+            spans.put((t0, time.perf_counter(), ""))
+        except Exception as exc:
+            spans.put((0.0, 0.0, f"{type(exc).__name__}: {exc}"))
+
+    children = [ctx.Process(target=child, daemon=True) for _ in range(procs)]
+    for proc in children:
+        proc.start()
     try:
         for _ in range(procs):
-            os.read(ready_r, 1)
-        os.write(go_w, b"g" * procs)
-        spans = []
-        for _ in range(procs):
-            chunk = b""
-            while len(chunk) < 64:
-                part = os.read(done_r, 64 - len(chunk))
-                if not part:
-                    break
-                chunk += part
-            spans.append(json.loads(chunk.decode()))
+            if not ready.acquire(timeout=60):
+                raise RuntimeError("a prefork child did not start")
+        go.set()
+        results = [spans.get(timeout=timeout) for _ in range(procs)]
     finally:
-        for pid in pids:
-            os.waitpid(pid, 0)
-        for fd in (ready_r, go_w, done_r):
-            os.close(fd)
-    errors = [span[1] for span in spans if span and span[0] == "error"]
-    if errors or len(spans) < procs:
-        raise RuntimeError(f"prefork child failed: {errors}")
-    return procs * stores, max(s[1] for s in spans) - min(s[0] for s in spans)
+        for proc in children:
+            proc.join(30)
+            if proc.is_alive():
+                proc.terminate()
+    errors = [error for _, _, error in results if error]
+    if errors:
+        raise RuntimeError(f"prefork child failed: {errors[0]}")
+    return procs * stores, max(r[1] for r in results) - min(r[0] for r in results)
 
 
 def coldstart(url: str, conf: dict[str, Any]) -> Sample:
@@ -514,6 +501,7 @@ class Storer:
             raise RuntimeError("the concurrent storer did not answer")
         reply = self.conn.recv()
         if reply[0] != "started":
+            self.stop(0.0, 0.0)
             raise RuntimeError(f"the concurrent storer failed: {reply[1]}")
 
     def stop(self, t0: float, t1: float) -> dict[str, float]:
@@ -569,7 +557,7 @@ def storer_main(conn: Any, url: str, pause: float, max_seconds: float = 300) -> 
             if len(spans) == 1:
                 conn.send(("started",) if not errors else ("error", errors[0]))
                 if errors:
-                    break
+                    break  # and wait for the stop
             if conn.poll(pause):
                 window = conn.recv()[1:]
                 break

@@ -1,0 +1,174 @@
+"""Fixtures shared by every test: databases, apps on them, isolation.
+
+Server URLs come from RAWBACKEND_TEST_POSTGRESQL_URL / RAWBACKEND_TEST_MYSQL_URL.
+A server that does not answer skips its tests, unless RAWBACKEND_REQUIRE_SERVERS=1
+(CI), where it fails them.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+from celery import Celery
+
+POSTGRESQL_URL = os.environ.get(
+    "RAWBACKEND_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+MYSQL_URL = os.environ.get("RAWBACKEND_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+REQUIRE_SERVERS = os.environ.get("RAWBACKEND_REQUIRE_SERVERS") == "1"
+DIALECTS = ("sqlite", "postgresql", "mysql")
+
+_reachable: dict[str, str | None] = {}
+
+
+def server_error(dialect: str) -> str | None:
+    """Why the server of ``dialect`` can't be used, or None when it answers."""
+    if dialect not in _reachable:
+        try:
+            raw_connect(dialect).close()
+            _reachable[dialect] = None
+        except Exception as exc:  # any failure to connect
+            _reachable[dialect] = f"{dialect} server not reachable: {exc}"
+    return _reachable[dialect]
+
+
+def require_server(dialect: str) -> None:
+    if dialect == "sqlite":
+        return
+    problem = server_error(dialect)
+    if problem:
+        if REQUIRE_SERVERS:
+            pytest.fail(f"{problem} (RAWBACKEND_REQUIRE_SERVERS=1)")
+        pytest.skip(problem)
+
+
+def server_url(dialect: str) -> str:
+    return {"postgresql": POSTGRESQL_URL, "mysql": MYSQL_URL}[dialect]
+
+
+def raw_connect(dialect: str, url: str | None = None):
+    """A bare autocommit driver connection to the test server (not through rawbackend)."""
+    from rawbackend.url import parse_url
+
+    d, params = parse_url(url or server_url(dialect))
+    return d.connect(params)
+
+
+@dataclass
+class Database:
+    """One test's database: its URL and table names of its own, dropped after."""
+
+    dialect: str
+    url: str  # without the rawdb+/db+ prefix
+    task_table: str
+    group_table: str
+    schema: str | None = None  # PostgreSQL: a schema of the test's own
+    apps: list = field(default_factory=list)
+
+    def conf(self, **extra) -> dict:
+        conf = {
+            "database_table_names": {"task": self.task_table, "group": self.group_table},
+            "result_serializer": "json",
+            "accept_content": ["json"],
+        }
+        if self.schema:
+            conf["database_table_schemas"] = {"task": self.schema, "group": self.schema}
+        conf.update(extra)
+        return conf
+
+    def app(self, prefix: str = "rawdb+", **conf) -> Celery:
+        """A Celery app whose result backend is this database (``prefix``
+        ``db+`` gives Celery's own SQLAlchemy backend on the same tables)."""
+        url = self.url
+        if prefix == "db+":
+            url = url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
+                "mysql://", "mysql+pymysql://", 1
+            )
+        app = Celery(f"test-{uuid.uuid4().hex[:6]}", set_as_current=False)
+        app.conf.update(result_backend=prefix + url, **self.conf(**conf))
+        self.apps.append(app)
+        return app
+
+    def backend(self, **conf):
+        return self.app(**conf).backend
+
+    def qualified(self, table: str) -> str:
+        return f"{self.schema}.{table}" if self.schema else table
+
+    def query(self, sql: str, params=None) -> list[tuple]:
+        """Run SQL with a bare driver connection (to look behind the backend)."""
+        if self.dialect == "sqlite":
+            import sqlite3
+
+            conn = sqlite3.connect(self.url[len("sqlite:///"):], isolation_level=None)
+        else:
+            conn = raw_connect(self.dialect, self.url)
+        try:
+            cur = conn.cursor()
+            cur.execute(sql, params) if params is not None else cur.execute(sql)
+            return list(cur.fetchall()) if cur.description else []
+        finally:
+            conn.close()
+
+
+def _drop(db: Database) -> None:
+    for app in db.apps:
+        backend = getattr(app, "_backend", None)
+        manager = getattr(backend, "session_manager", None)
+        if manager is not None and hasattr(manager, "_engines"):
+            for url in list(manager._engines):
+                manager.invalidate(url)
+    if db.dialect == "postgresql":
+        db.query(f'DROP SCHEMA IF EXISTS "{db.schema}" CASCADE')
+    elif db.dialect == "mysql":
+        db.query(f"DROP TABLE IF EXISTS `{db.task_table}`, `{db.group_table}`")
+
+
+def make_database(dialect: str, tmp_path) -> Database:
+    require_server(dialect)
+    suffix = uuid.uuid4().hex[:10]
+    if dialect == "sqlite":
+        return Database(dialect, f"sqlite:///{tmp_path / 'results.db'}", "celery_taskmeta", "celery_tasksetmeta")
+    db = Database(dialect, server_url(dialect), f"t_{suffix}", f"g_{suffix}")
+    if dialect == "postgresql":
+        db.schema = f"s_{suffix}"
+        db.query(f'CREATE SCHEMA "{db.schema}"')
+    return db
+
+
+@pytest.fixture(params=DIALECTS)
+def db(request, tmp_path) -> Database:
+    """The contract fixture: the same test body on sqlite, postgresql and mysql."""
+    database = make_database(request.param, tmp_path)
+    yield database
+    _drop(database)
+
+
+@pytest.fixture
+def sqlite_db(tmp_path) -> Database:
+    database = make_database("sqlite", tmp_path)
+    yield database
+
+
+@pytest.fixture
+def pg_db(tmp_path) -> Database:
+    database = make_database("postgresql", tmp_path)
+    yield database
+    _drop(database)
+
+
+@pytest.fixture
+def mysql_db(tmp_path) -> Database:
+    database = make_database("mysql", tmp_path)
+    yield database
+    _drop(database)
+
+
+@pytest.fixture(params=("postgresql", "mysql"))
+def server_db(request, tmp_path) -> Database:
+    """The servers only: faults, statement counts, concurrency on real servers."""
+    database = make_database(request.param, tmp_path)
+    yield database
+    _drop(database)
