@@ -281,14 +281,26 @@ class Floor:
     def drop_tables(self) -> None:
         """Drop everything the benchmark created (and any leftover of an earlier run)."""
         if self.dialect == "postgresql":
+            self.cur.execute("SET lock_timeout = '20s'")  # a connection left open must not hang us
             self.cur.execute(f'DROP SCHEMA IF EXISTS "{PG_SCHEMA}" CASCADE')
-        else:
-            for name in (self.names["task"], self.names["group"]):
-                self.cur.execute(f"DROP TABLE IF EXISTS {name}")
+            return
+        if self.dialect == "mysql":
+            self.cur.execute("SET SESSION lock_wait_timeout = 20")
+        for name in (self.names["task"], self.names["group"]):
+            self.cur.execute(f"DROP TABLE IF EXISTS {name}")
 
     def create_schema(self) -> None:
         if self.dialect == "postgresql":
             self.cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{PG_SCHEMA}"')
+
+    def server_version(self) -> str:
+        if self.dialect == "postgresql":
+            self.cur.execute("SHOW server_version")
+            return "PostgreSQL " + self.cur.fetchone()[0]
+        if self.dialect == "mysql":
+            self.cur.execute("SELECT VERSION()")
+            return "MySQL/MariaDB " + self.cur.fetchone()[0]
+        return "SQLite " + sqlite3.sqlite_version
 
     def pragmas(self) -> dict[str, str]:
         """The SQLite settings in force, worth knowing when reading the numbers."""

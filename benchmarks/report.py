@@ -1,0 +1,237 @@
+"""The report: a text table on stdout, results.json, report.md and chart.png."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runner import ContenderResult, DatabaseResult, OpResult
+
+CONTENDERS = ("rawbackend", "celery", "floor", "redis")
+COLORS = {"rawbackend": "#1f77b4", "celery": "#ff7f0e", "floor": "#7f7f7f", "redis": "#d62728"}
+LABELS = {
+    "rawbackend": "rawbackend (rawdb+)",
+    "celery": "Celery 5.7 db+ (pooled as a worker child; NullPool where the operation says so)",
+    "floor": "floor (one statement, bare driver)",
+    "redis": "Celery redis://",
+}
+
+
+# -- formatting ---------------------------------------------------------------
+def fmt_ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1000
+    return f"{ms:.3g}" if ms < 1000 else f"{ms:,.0f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def cell(op: "OpResult", name: str) -> str:
+    """One contender's median / p99 in the operation's unit."""
+    c = op.contenders.get(name)
+    if c is None:
+        return ""
+    if c.median is None:
+        return "failed" if c.error else "-"
+    if op.kind == "throughput":
+        return f"{c.median:,.0f}/s"
+    return f"{fmt_ms(c.median)} / {fmt_ms(c.p99)} ms"
+
+
+def header_unit(op: "OpResult") -> str:
+    return {"throughput": "stores/s (higher is better)", "coldstart": "ms to build app + backend",
+            "cleanup": "ms"}.get(op.kind, "median / p99 ms per call")
+
+
+def details(op: "OpResult") -> list[str]:
+    """Extra measurements worth a line of their own."""
+    lines = []
+    for name in CONTENDERS:
+        c = op.contenders.get(name)
+        if c is None:
+            continue
+        if c.error:
+            lines.append(f"{name} failed: {c.error}")
+            continue
+        x = c.extra
+        if op.kind == "cleanup" and x:
+            lines.append(f"{name}: longest concurrent store {x.get('max_store_ms', 0):.1f} ms "
+                         f"({x.get('stores', 0):.0f} stores, {x.get('errors', 0):.0f} errors)")
+        elif op.kind == "coldstart" and x:
+            lines.append(
+                f"{name}: import celery {fmt_ms(x.get('import_celery'))} ms, build {fmt_ms(x.get('build'))} ms, "
+                f"first store {fmt_ms(x.get('first_store'))} ms, process {fmt_ms(x.get('process_wall'))} ms, "
+                f"peak RSS {x.get('rss_kib', 0) / 1024:.1f} MiB, {x.get('modules', 0):.0f} modules")
+        elif op.key == "store_client" and c.median:
+            lines.append(f"{name}: {1 / c.median:,.0f} stores/s (1 / median)")
+    return lines
+
+
+def table_rows(db: "DatabaseResult") -> tuple[list[str], list[list[str]]]:
+    names = [n for n in CONTENDERS if any(n in op.contenders for op in db.operations)]
+    head = ["operation", *names, "raw/floor", "x faster than celery"]
+    rows = []
+    for op in db.operations:
+        rows.append([
+            f"{op.title} [{header_unit(op)}]", *[cell(op, n) for n in names],
+            fmt_ratio(op.raw_vs_floor.median if op.raw_vs_floor else None),
+            fmt_ratio(op.speedup_vs_celery.median if op.speedup_vs_celery else None),
+        ])
+    return head, rows
+
+
+def target_line(t: Any) -> tuple[str, str]:
+    status = {True: "met", False: "NOT MET", None: "n/a"}[t.met]
+    measured = "not measured" if t.measured is None else f"{t.measured:.2f}"
+    note = f" ({t.note})" if t.note else ""
+    return status, f"{t.name} {t.limit}: {measured}{note}"
+
+
+# -- text ---------------------------------------------------------------------
+def render_text(meta: dict[str, Any], databases: list["DatabaseResult"]) -> str:
+    out = []
+    for db in databases:
+        out.append(f"\n== {db.url}  ({db.server}, {db.seconds:.0f} s)")
+        head, rows = table_rows(db)
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        for row in [head, *rows]:
+            out.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                                 for i, (v, w) in enumerate(zip(row, widths))))
+        for op in db.operations:
+            for line in details(op):
+                out.append(f"   {op.key}: {line}")
+        for note in db.notes:
+            out.append(f"   note: {note}")
+        out.append(f"\nTargets ({db.dialect}):")
+        for t in db.targets:
+            status, text = target_line(t)
+            out.append(f"  [{status:^7}] {text}")
+    out.append("\nraw/floor: rawbackend's value / the floor's (time; stores/s for throughput), "
+               "median of per-round ratios. x faster than celery: Celery's time / rawbackend's.")
+    return "\n".join(out)
+
+
+# -- files --------------------------------------------------------------------
+def write(out: Path, meta: dict[str, Any], databases: list["DatabaseResult"]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json", out / "report.md", out / "chart.png"]
+    paths[0].write_text(json.dumps({"meta": meta, "databases": [asdict(db) for db in databases]},
+                                   indent=2, default=str) + "\n")
+    paths[1].write_text(render_markdown(meta, databases, paths[2].name))
+    write_chart(paths[2], databases)
+    return paths
+
+
+def md_row(values: list[str]) -> str:
+    return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+
+def render_markdown(meta: dict[str, Any], databases: list["DatabaseResult"], chart: str) -> str:
+    v = meta["versions"]
+    lines = [
+        "# rawbackend benchmark",
+        "",
+        f"`{meta['command']}` — {meta['started']}, {meta['machine']}, Python {v['python']}, "
+        f"Celery {v['celery']}, SQLAlchemy {v['sqlalchemy']}, psycopg {v['psycopg']}, "
+        f"PyMySQL {v['pymysql']}, SQLite {v['sqlite']}, rawbackend {v['rawbackend']}.",
+        "",
+        "Contenders: **rawbackend** (`rawdb+URL`); **celery**, Celery 5.7.0's SQLAlchemy "
+        "`DatabaseBackend` (`db+URL`) pooled as in a prefork worker child "
+        "(`session_manager.forked = True`), except in the never-forked client operation, where it "
+        "is left as Celery builds it outside a worker (NullPool, a new connection per call); "
+        "**floor**, the one SQL statement the operation needs on a kept-open bare-driver "
+        "connection in autocommit, with the same encoded bytes (and the same JSON "
+        "encoding/decoding). Rounds interleave the contenders in a rotating order; a ratio is "
+        "computed per round and the median of the per-round ratios is reported.",
+        "",
+        f"![latency per operation and contender]({chart})",
+        "",
+    ]
+    for db in databases:
+        lines += [f"## {db.dialect}: `{db.url}`", "", f"{db.server}; {db.seconds:.0f} s.", ""]
+        head, rows = table_rows(db)
+        lines += [md_row(head), md_row(["---"] + ["---:"] * (len(head) - 1))]
+        lines += [md_row(r) for r in rows]
+        lines.append("")
+        for op in db.operations:
+            for line in details(op):
+                lines.append(f"- {op.key}: {line}")
+        for note in db.notes:
+            lines.append(f"- note: {note}")
+        lines += ["", "### Targets", "", "| status | target | limit | measured | note |",
+                  "| --- | --- | --- | ---: | --- |"]
+        for t in db.targets:
+            status = {True: "met", False: "**not met**", None: "n/a"}[t.met]
+            measured = "-" if t.measured is None else f"{t.measured:.2f}"
+            lines.append(md_row([status, t.name, t.limit, measured, t.note]))
+        lines.append("")
+    lines += [
+        "raw/floor: rawbackend's value divided by the floor's (time per call; stores/s for "
+        "throughput, where higher is better). x faster than celery: Celery's time divided by "
+        "rawbackend's (stores/s the other way round). p99 is the nearest-rank 99th percentile "
+        "of all calls; for cleanup, prefork and cold start each round is one sample.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart_value(op: "OpResult", c: "ContenderResult") -> tuple[float, float] | None:
+    """(median, p99) in milliseconds; throughput becomes ms per store."""
+    if c.median is None:
+        return None
+    if op.kind == "throughput":
+        return 1000 / c.median, 1000 / c.median
+    return c.median * 1000, (c.p99 or c.median) * 1000
+
+
+def write_chart(path: Path, databases: list["DatabaseResult"]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_ops = max((len(db.operations) for db in databases), default=1)
+    fig, axes = plt.subplots(1, len(databases), figsize=(6.5 * len(databases) + 3, 0.75 * n_ops + 2.2),
+                             sharey=True, squeeze=False)
+    for ax, db in zip(axes[0], databases):
+        labels, labelled = [], set()
+        names = [n for n in CONTENDERS if any(n in op.contenders for op in db.operations)]
+        height = 0.8 / max(len(names), 1)
+        for i, op in enumerate(db.operations):
+            title = op.title if op.kind != "throughput" else f"{op.title} (ms per store)"
+            labels.append(title.replace(", ", ",\n", 1) if len(title) > 38 else title)
+            for j, name in enumerate(names):
+                c = op.contenders.get(name)
+                value = chart_value(op, c) if c else None
+                if value is None:
+                    continue
+                y = i + (j - (len(names) - 1) / 2) * height
+                ax.barh(y, value[0], height=height * 0.9, color=COLORS[name],
+                        label=None if name in labelled else LABELS[name])
+                labelled.add(name)
+                if value[1] > value[0]:
+                    ax.plot([value[0], value[1]], [y, y], color="black", linewidth=0.8)
+        ax.set_yticks(range(len(db.operations)))
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("milliseconds (log scale): bar = median, line = to p99")
+        ax.set_title(f"{db.dialect} — {db.server}", fontsize=10)
+        ax.grid(axis="x", which="both", alpha=0.3)
+    handles, legend_labels = [], []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in legend_labels:
+                handles.append(h)
+                legend_labels.append(lab)
+    fig.legend(handles, legend_labels, loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+               frameon=False)
+    fig.suptitle("rawbackend vs Celery's DatabaseBackend vs the bare-driver floor (lower is better)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

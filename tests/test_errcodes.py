@@ -1,0 +1,108 @@
+"""The retry tables, pinned entry by entry, and classification of real driver exceptions."""
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg
+import pymysql
+import pytest
+
+from rawbackend import errcodes
+from rawbackend.dialects import MYSQL, POSTGRESQL, SQLITE
+from rawbackend.errcodes import DISCONNECT, TRANSIENT
+from rawbackend.errors import classify
+
+POSTGRESQL_PINNED = {
+    "40001": TRANSIENT, "40P01": TRANSIENT, "57P01": DISCONNECT, "57P02": DISCONNECT,
+    "57P03": DISCONNECT, "57P05": DISCONNECT, "53300": TRANSIENT, "55P03": TRANSIENT,
+    "57014": TRANSIENT, "26000": TRANSIENT, "42P05": TRANSIENT,
+}
+MYSQL_PINNED = {
+    1205: TRANSIENT, 1213: TRANSIENT, 1040: TRANSIENT, 1053: DISCONNECT, 1927: DISCONNECT,
+    4031: DISCONNECT, 2003: DISCONNECT, 2006: DISCONNECT, 2013: DISCONNECT, 2014: DISCONNECT,
+    2055: DISCONNECT,
+}
+
+
+def test_tables_are_pinned():
+    assert errcodes.POSTGRESQL_CODES == POSTGRESQL_PINNED
+    assert errcodes.POSTGRESQL_CLASSES == {"08": DISCONNECT, "40": TRANSIENT}
+    assert errcodes.POSTGRESQL_UNPREPARE == {"26000", "42P05"}
+    assert errcodes.MYSQL_CODES == MYSQL_PINNED
+    assert errcodes.SQLITE_CODES == {5: TRANSIENT, 6: TRANSIENT}
+
+
+def pg_error(sqlstate: str | None, cls=psycopg.errors.DatabaseError):
+    """A psycopg exception of the class psycopg itself picks for ``sqlstate``."""
+    if sqlstate is not None:
+        cls = psycopg.errors.lookup(sqlstate)
+    return cls("boom")
+
+
+@pytest.mark.parametrize("code, verdict", sorted(POSTGRESQL_PINNED.items()))
+def test_postgresql_exact_codes(code, verdict):
+    assert classify(POSTGRESQL.errors, pg_error(code)) == verdict
+
+
+@pytest.mark.parametrize("code, verdict", [
+    ("08006", DISCONNECT),  # connection_failure, by its class
+    ("08P01", DISCONNECT),  # protocol_violation
+    ("40002", TRANSIENT),  # transaction_integrity_constraint_violation, class 40
+    ("23505", None),  # unique_violation: never retried
+    ("42601", None),  # syntax_error: never retried
+    ("22001", None),  # string_data_right_truncation: bad input, not retried
+])
+def test_postgresql_classes_and_what_is_never_retried(code, verdict):
+    assert classify(POSTGRESQL.errors, pg_error(code)) == verdict
+
+
+def test_postgresql_errors_without_code():
+    # A connection that died under us: psycopg raises these without a SQLSTATE.
+    assert classify(POSTGRESQL.errors, psycopg.OperationalError("server closed the connection")) == DISCONNECT
+    assert classify(POSTGRESQL.errors, psycopg.InterfaceError("the connection is closed")) == DISCONNECT
+    assert classify(POSTGRESQL.errors, psycopg.ProgrammingError("no results")) is None
+    assert classify(POSTGRESQL.errors, ValueError("not a driver error")) is None
+
+
+@pytest.mark.parametrize("code, verdict", sorted(MYSQL_PINNED.items()))
+def test_mysql_codes(code, verdict):
+    exc = pymysql.err.OperationalError(code, "boom")
+    assert classify(MYSQL.errors, exc) == verdict
+
+
+def test_mysql_never_retried_and_codeless():
+    assert classify(MYSQL.errors, pymysql.err.IntegrityError(1062, "Duplicate entry")) is None
+    assert classify(MYSQL.errors, pymysql.err.ProgrammingError(1064, "syntax")) is None
+    assert classify(MYSQL.errors, pymysql.err.DataError(1406, "Data too long")) is None
+    assert classify(MYSQL.errors, pymysql.err.InterfaceError(0, "")) == DISCONNECT
+    assert classify(MYSQL.errors, ConnectionResetError()) == DISCONNECT
+
+
+def sqlite_error(code: int):
+    exc = sqlite3.OperationalError("database is locked")
+    exc.sqlite_errorcode = code
+    return exc
+
+
+@pytest.mark.parametrize("code, verdict", [
+    (5, TRANSIENT), (261, TRANSIENT), (517, TRANSIENT), (773, TRANSIENT),  # BUSY and its extended codes
+    (6, TRANSIENT), (262, TRANSIENT),  # LOCKED, LOCKED_SHAREDCACHE
+    (1, None), (19, None), (2067, None),  # ERROR, CONSTRAINT, CONSTRAINT_UNIQUE
+])
+def test_sqlite_codes(code, verdict):
+    assert classify(SQLITE.errors, sqlite_error(code)) == verdict
+
+
+def test_real_sqlite_busy_is_classified(tmp_path):
+    """A real 'database is locked' from sqlite3 carries SQLITE_BUSY and is transient."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    with pytest.raises(sqlite3.OperationalError, match="locked") as info:
+        other.execute("INSERT INTO t VALUES (1)")
+    assert classify(SQLITE.errors, info.value) == TRANSIENT
+    holder.execute("ROLLBACK")
+    holder.close()
+    other.close()
