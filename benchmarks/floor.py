@@ -17,19 +17,23 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-# Names of the tables (and, on PostgreSQL, the schema that holds them and
-# their sequences) that the benchmark owns and drops at the end.
+# Names of the tables, and on a server of the schema (PostgreSQL) or database
+# (MySQL/MariaDB) that holds them and their sequences, that the benchmark owns
+# and drops at the end.
 TASK_TABLE = "bench_taskmeta"
 GROUP_TABLE = "bench_tasksetmeta"
-PG_SCHEMA = "rawbackend_bench"
+SCHEMA = "rawbackend_bench"
 
-# Placeholders: {task} and {group} are quoted table names, {task_seq} and
-# {group_seq} PostgreSQL sequences. Parameters use the driver's own style.
+# Slots: {task} and {group} are qualified table names; {id_col} and
+# {task_id}/{group_id} give the primary key where Celery's tables take it
+# from a sequence (PostgreSQL; MariaDB, where SQLAlchemy creates sequences
+# too), and are empty where the column fills itself (AUTO_INCREMENT on MySQL,
+# SQLite). Parameters use the driver's own style.
 SQL: dict[str, dict[str, str]] = {
     "postgresql": {
         "store": (
-            "INSERT INTO {task} (id, task_id, status, result, date_done, traceback, children)"
-            " VALUES (nextval('{task_seq}'), %s, %s, %s, %s, %s, %s)"
+            "INSERT INTO {task} ({id_col}task_id, status, result, date_done, traceback, children)"
+            " VALUES ({task_id}%s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (task_id) DO UPDATE SET status = EXCLUDED.status,"
             " result = EXCLUDED.result, date_done = EXCLUDED.date_done,"
             " traceback = EXCLUDED.traceback, children = EXCLUDED.children"
@@ -39,15 +43,15 @@ SQL: dict[str, dict[str, str]] = {
         "exists": "SELECT 1 FROM {task} WHERE task_id = %s",
         "get_many": "SELECT task_id, status, result, date_done, traceback, children FROM {task} WHERE task_id IN ({ids})",
         "save_group": (
-            "INSERT INTO {group} (id, taskset_id, result, date_done)"
-            " VALUES (nextval('{group_seq}'), %s, %s, %s)"
+            "INSERT INTO {group} ({id_col}taskset_id, result, date_done)"
+            " VALUES ({group_id}%s, %s, %s)"
         ),
         "restore_group": "SELECT taskset_id, result, date_done FROM {group} WHERE taskset_id = %s",
         "delete_expired": "DELETE FROM {task} WHERE date_done < %s",
         # One statement fills the table server-side: far faster than sending rows.
         "fill_expired": (
-            "INSERT INTO {task} (id, task_id, status, result, date_done)"
-            " SELECT nextval('{task_seq}'), %s || g, 'SUCCESS', %s, %s"
+            "INSERT INTO {task} ({id_col}task_id, status, result, date_done)"
+            " SELECT {task_id}%s || g, 'SUCCESS', %s, %s"
             " FROM generate_series(1, %s) AS g"
         ),
     },
@@ -55,8 +59,8 @@ SQL: dict[str, dict[str, str]] = {
         # why: assignments run left to right, so status is written last and
         # every other column still sees the old status in its IF().
         "store": (
-            "INSERT INTO {task} (task_id, status, result, date_done, traceback, children)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE"
+            "INSERT INTO {task} ({id_col}task_id, status, result, date_done, traceback, children)"
+            " VALUES ({task_id}%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE"
             " result = IF(status = 'SUCCESS', result, VALUES(result)),"
             " date_done = IF(status = 'SUCCESS', date_done, VALUES(date_done)),"
             " traceback = IF(status = 'SUCCESS', traceback, VALUES(traceback)),"
@@ -66,12 +70,13 @@ SQL: dict[str, dict[str, str]] = {
         "get": "SELECT task_id, status, result, date_done, traceback, children FROM {task} WHERE task_id = %s",
         "exists": "SELECT 1 FROM {task} WHERE task_id = %s",
         "get_many": "SELECT task_id, status, result, date_done, traceback, children FROM {task} WHERE task_id IN ({ids})",
-        "save_group": "INSERT INTO {group} (taskset_id, result, date_done) VALUES (%s, %s, %s)",
+        "save_group": "INSERT INTO {group} ({id_col}taskset_id, result, date_done) VALUES ({group_id}%s, %s, %s)",
         "restore_group": "SELECT taskset_id, result, date_done FROM {group} WHERE taskset_id = %s",
         "delete_expired": "DELETE FROM {task} WHERE date_done < %s",
-        # PyMySQL's executemany batches this into multi-row INSERTs (only when
-        # every value is a placeholder).
-        "fill_expired": "INSERT INTO {task} (task_id, status, result, date_done) VALUES (%s, %s, %s, %s)",
+        # PyMySQL's executemany batches this into multi-row INSERTs only when
+        # every value is a placeholder: the ids are given, negative so that
+        # they never meet the sequence's or AUTO_INCREMENT's.
+        "fill_expired": "INSERT INTO {task} (id, task_id, status, result, date_done) VALUES (%s, %s, %s, %s, %s)",
     },
     "sqlite": {
         "store": (
@@ -167,10 +172,10 @@ def mask(url: str) -> str:
 def table_conf(dialect: str) -> dict[str, Any]:
     """Celery conf that points both backends at the benchmark's own tables."""
     conf: dict[str, Any] = {"database_table_names": {"task": TASK_TABLE, "group": GROUP_TABLE}}
-    if dialect == "postgresql":
+    if dialect != "sqlite":
         # A schema of our own keeps the sequences (task_id_sequence, ...) and the
         # index names apart from any Celery tables already in the database.
-        conf["database_table_schemas"] = {"task": PG_SCHEMA, "group": PG_SCHEMA}
+        conf["database_table_schemas"] = {"task": SCHEMA, "group": SCHEMA}
     return conf
 
 
@@ -202,17 +207,34 @@ class Floor:
         self.dialect = loc.dialect
         self.conn = connect(loc)
         self.cur = self.conn.cursor()
+        self.sql: dict[str, str] = {}
+        self.names: dict[str, str] = {}
+        self._fill_id = 0
+
+    def bind(self, like: "Floor | None" = None) -> None:
+        """Prepare the statements, once Celery's backend has created the tables."""
+        if like is not None:  # another connection to the same tables
+            self.names, self.sql = like.names, like.sql
+            return
+        q = '"' if self.dialect != "mysql" else "`"
+        prefix = "" if self.dialect == "sqlite" else f"{q}{SCHEMA}{q}."
+        names = {"task": f"{prefix}{q}{TASK_TABLE}{q}", "group": f"{prefix}{q}{GROUP_TABLE}{q}",
+                 "id_col": "", "task_id": "", "group_id": ""}
         if self.dialect == "postgresql":
-            names = {"task": f'"{PG_SCHEMA}"."{TASK_TABLE}"', "group": f'"{PG_SCHEMA}"."{GROUP_TABLE}"',
-                     "task_seq": f"{PG_SCHEMA}.task_id_sequence",
-                     "group_seq": f"{PG_SCHEMA}.taskset_id_sequence"}
-        elif self.dialect == "mysql":
-            names = {"task": f"`{TASK_TABLE}`", "group": f"`{GROUP_TABLE}`"}
-        else:
-            names = {"task": f'"{TASK_TABLE}"', "group": f'"{GROUP_TABLE}"'}
+            names.update(id_col="id, ", task_id=f"nextval('{SCHEMA}.task_id_sequence'), ",
+                         group_id=f"nextval('{SCHEMA}.taskset_id_sequence'), ")
+        elif self.dialect == "mysql" and self._has_sequence("task_id_sequence"):
+            names.update(id_col="id, ", task_id=f"NEXT VALUE FOR {prefix}`task_id_sequence`, ",
+                         group_id=f"NEXT VALUE FOR {prefix}`taskset_id_sequence`, ")
         self.names = names
         # {ids} stays a slot: get_many fills it with one placeholder per id.
         self.sql = {name: text.format(ids="{ids}", **names) for name, text in SQL[self.dialect].items()}
+
+    def _has_sequence(self, name: str) -> bool:
+        """MariaDB: did SQLAlchemy create a sequence rather than AUTO_INCREMENT?"""
+        self.cur.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s"
+                         " AND table_name = %s AND table_type = 'SEQUENCE'", (SCHEMA, name))
+        return bool(self.cur.fetchone()[0])
 
     def close(self) -> None:
         try:
@@ -271,7 +293,10 @@ class Floor:
         else:
             batch = 5000
             for start in range(0, count, batch):
-                rows = [(f"{prefix}{i}", "SUCCESS", result, done) for i in range(start, min(count, start + batch))]
+                rows = []
+                for i in range(start, min(count, start + batch)):
+                    self._fill_id -= 1
+                    rows.append((self._fill_id, f"{prefix}{i}", "SUCCESS", result, done))
                 self.cur.executemany(sql, rows)
 
     def count_rows(self) -> int:
@@ -282,16 +307,19 @@ class Floor:
         """Drop everything the benchmark created (and any leftover of an earlier run)."""
         if self.dialect == "postgresql":
             self.cur.execute("SET lock_timeout = '20s'")  # a connection left open must not hang us
-            self.cur.execute(f'DROP SCHEMA IF EXISTS "{PG_SCHEMA}" CASCADE')
-            return
-        if self.dialect == "mysql":
+            self.cur.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
+        elif self.dialect == "mysql":
             self.cur.execute("SET SESSION lock_wait_timeout = 20")
-        for name in (self.names["task"], self.names["group"]):
-            self.cur.execute(f"DROP TABLE IF EXISTS {name}")
+            self.cur.execute(f"DROP DATABASE IF EXISTS `{SCHEMA}`")
+        else:
+            for name in (TASK_TABLE, GROUP_TABLE):
+                self.cur.execute(f'DROP TABLE IF EXISTS "{name}"')
 
     def create_schema(self) -> None:
         if self.dialect == "postgresql":
-            self.cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{PG_SCHEMA}"')
+            self.cur.execute(f'CREATE SCHEMA "{SCHEMA}"')
+        elif self.dialect == "mysql":
+            self.cur.execute(f"CREATE DATABASE `{SCHEMA}`")
 
     def server_version(self) -> str:
         if self.dialect == "postgresql":

@@ -137,6 +137,7 @@ class Bench:
         # Celery's backend creates the tables (database_create_tables_at_setup).
         self._add("celery", self.loc.celery_url)
         self.backends["celery"].session_manager.forked = True  # pooled, as in a worker child
+        floor.bind()
         self._add("celery_client", self.loc.celery_url)  # NullPool, as Celery leaves it
         try:
             self._add("rawbackend", self.loc.rawdb_url)
@@ -353,7 +354,7 @@ class Bench:
         floor = self.floor
         floor.fill_expired(self.settings.cleanup_rows, f"expired-{new_id()}-", encode(SMALL_RESULT))
         if self.storer is None:
-            self.storer = Storer(self.loc, self.settings.client_pause)
+            self.storer = Storer(self.loc, floor, self.settings.client_pause)
         self.storer.start(name)
         t0 = time.perf_counter()
         try:
@@ -375,7 +376,7 @@ class Bench:
                    "celery": self.backends.get("celery_client")}.get(name)
         if backend is not None:
             backend.store_result(new_id(), SMALL_RESULT, states.SUCCESS)  # used in the parent first
-        total, seconds = prefork_stores(backend, self.loc, self.settings.prefork_procs,
+        total, seconds = prefork_stores(backend, self.floor, self.settings.prefork_procs,
                                         self.settings.prefork_stores)
         return Sample([total / seconds], {"seconds": seconds, "stores": total})
 
@@ -414,7 +415,7 @@ def timed_batch(call: Call, settings: Settings) -> Sample:
     return Sample(values)
 
 
-def prefork_stores(backend: Any, loc: Location, procs: int, stores: int,
+def prefork_stores(backend: Any, parent_floor: Floor, procs: int, stores: int,
                    timeout: float = 300.0) -> tuple[int, float]:
     """Fork ``procs`` children that each store ``stores`` results; (total, seconds).
 
@@ -436,7 +437,8 @@ def prefork_stores(backend: Any, loc: Location, procs: int, stores: int,
             go.wait(timeout)
             t0 = time.perf_counter()
             if backend is None:
-                floor = Floor(loc)
+                floor = Floor(parent_floor.loc)
+                floor.bind(like=parent_floor)
                 small = encode(SMALL_RESULT)
                 for _ in range(stores):
                     floor.store(new_id(), states.SUCCESS, small)
@@ -492,10 +494,11 @@ class Storer:
     one backend per contender, pooled as in a worker child.
     """
 
-    def __init__(self, loc: Location, pause: float) -> None:
+    def __init__(self, loc: Location, floor: Floor, pause: float) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=storer_main, args=(child, loc.url, pause), daemon=True)
+        self.proc = ctx.Process(target=storer_main, args=(child, loc.url, floor.sql, pause),
+                                daemon=True)
         self.proc.start()
         child.close()
         if not self.conn.poll(120):
@@ -527,11 +530,13 @@ class Storer:
             self.proc.terminate()
 
 
-def storer_main(conn: Any, url: str, pause: float, max_seconds: float = 300) -> None:
+def storer_main(conn: Any, url: str, sql: dict[str, str], pause: float,
+                max_seconds: float = 300) -> None:
     """The concurrent storer's loop (runs in the spawned process)."""
     loc = Location.parse(url)
     stores: dict[str, Callable[[str], Any]] = {}
     floor = Floor(loc)
+    floor.sql = sql
     small = encode(SMALL_RESULT)
     stores["floor"] = lambda task_id: floor.store(task_id, states.SUCCESS, small)
     for name, backend_url in (("celery", loc.celery_url), ("rawbackend", loc.rawdb_url)):

@@ -193,7 +193,13 @@ def run_database(loc: Location, settings: Settings, redis_url: str | None,
     bench = Bench(loc, settings, redis_url, coldstart_redis)
     results: list[OpResult] = []
     try:
-        bench.setup()
+        try:
+            bench.setup()
+        except Exception as exc:  # this database is reported as failed; the others still run
+            traceback.print_exc()
+            bench.notes.append(f"set-up failed: {type(exc).__name__}: {exc}")
+            return DatabaseResult(loc.masked, loc.dialect, bench.server, bench.notes, [],
+                                  [], time.perf_counter() - started)
         ops = [op for op in bench.operations() if not only or op.key in only]
         steps = sum((settings.heavy_rounds if op.heavy else settings.rounds + 1) for op in ops)
         with tqdm.tqdm(total=steps, desc=loc.dialect, unit="round", file=sys.stderr,
