@@ -1,0 +1,246 @@
+"""End to end: a real ``celery worker`` (prefork, 2 processes) storing results
+through ``rawdb+...`` on every dialect, read back by a client app.
+
+The broker is kombu's ``filesystem://`` transport, so no broker server is
+needed; the result tables are the test's own (conftest's ``Database``). One
+worker per dialect serves every test of this module; it is always stopped
+(SIGTERM, then SIGKILL of its process group after a bounded wait).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from celery import chord, group, states
+
+from conftest import DIALECTS, Database, _drop, make_database
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 30  # seconds, for every wait on the worker
+WORKER_NAME = "e2e@testhost"
+
+TASKS_MODULE = textwrap.dedent(
+    '''
+    """Tasks for the end-to-end test; the app's conf comes from conf.json."""
+    import json
+    import os
+
+    from celery import Celery
+
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf.json")) as f:
+        CONF = json.load(f)
+
+    app = Celery("tasksmod")
+    app.conf.update(CONF)
+
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+
+    @app.task
+    def fail(message):
+        raise ValueError(message)
+
+
+    @app.task
+    def tsum(values):
+        return sum(values)
+    '''
+)
+
+
+class Worker:
+    """A ``celery worker`` subprocess and the client side of its set-up."""
+
+    def __init__(self, db: Database, workdir: Path):
+        self.db = db
+        self.workdir = workdir
+        self.log_path = workdir / "worker.log"
+        broker = workdir / "broker"
+        broker.mkdir()
+        (workdir / "processed").mkdir()
+        self.conf = {
+            "broker_url": "filesystem://",
+            "broker_transport_options": {
+                "data_folder_in": str(broker),
+                "data_folder_out": str(broker),
+                "processed_folder": str(workdir / "processed"),
+                "store_processed": False,
+                "polling_interval": 0.05,
+            },
+            "result_extended": True,
+            # chord_unlock polls the header's results: keep it short and bounded.
+            "result_chord_retry_interval": 0.2,
+            "result_chord_join_timeout": 10,
+            "worker_enable_remote_control": False,
+            "worker_hijack_root_logger": True,
+        }
+        worker_conf = db.conf(result_backend="rawdb+" + db.url, **self.conf)
+        (workdir / "conf.json").write_text(json.dumps(worker_conf))
+        (workdir / "tasksmod.py").write_text(TASKS_MODULE)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(self.workdir), PYTHONUNBUFFERED="1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "celery", "-A", "tasksmod", "worker",
+                    "--pool", "prefork", "--concurrency", "2", "--loglevel", "INFO",
+                    "-n", WORKER_NAME, "--without-gossip", "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Its own process group, so that a kill reaches the pool's children.
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + TIMEOUT
+        while f"{WORKER_NAME} ready." not in self.log():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the worker exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker was not ready within {TIMEOUT}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            if proc.poll() is None:
+                proc.terminate()  # warm shutdown
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            # Whatever is left of the worker's process group (pool children).
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def client(self, **conf):
+        """A client app on the same broker and result tables."""
+        return self.db.app(**{**self.conf, **conf})
+
+
+def _dialect_params():
+    return [
+        pytest.param(d, marks=getattr(pytest.mark, d)) if d != "sqlite" else d for d in DIALECTS
+    ]
+
+
+@pytest.fixture(scope="module", params=_dialect_params())
+def running_worker(request, tmp_path_factory):
+    """One worker per dialect, on tables of its own, for every test below."""
+    workdir = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    db = make_database(request.param, workdir)
+    worker = Worker(db, workdir)
+    try:
+        worker.start()
+        yield worker
+    finally:
+        try:
+            worker.stop()
+        finally:
+            _drop(db)
+
+
+@pytest.fixture
+def worker(running_worker):
+    """The module's worker; its log of this test is printed when the test fails."""
+    start = len(running_worker.log())
+    yield running_worker
+    if running_worker.proc.poll() is not None:
+        print(f"the worker has exited with {running_worker.proc.returncode}")
+    print("---- worker log during this test ----")
+    print(running_worker.log()[start:])
+
+
+def test_task_returns_value(worker):
+    """A task's return value comes back through .get(), stored in the test's own table."""
+    app = worker.client(result_extended=False)
+    result = app.send_task("tasksmod.add", (2, 3))
+    assert result.get(timeout=TIMEOUT) == 5
+    assert result.state == states.SUCCESS
+    db = worker.db
+    rows = db.query(
+        f"SELECT status FROM {db.qualified(db.task_table)} WHERE task_id = '{result.id}'"
+    )
+    assert rows == [(states.SUCCESS,)]
+
+
+def test_failing_task(worker):
+    """A task's exception comes back as an instance of its type, with its message and traceback."""
+    app = worker.client(result_extended=False)
+    message = f"boom {uuid.uuid4().hex[:8]}"
+    result = app.send_task("tasksmod.fail", (message,))
+    exc = result.get(timeout=TIMEOUT, propagate=False)
+    assert type(exc) is ValueError
+    assert str(exc) == message
+    assert result.state == states.FAILURE
+    assert type(result.result) is ValueError and str(result.result) == message
+    assert "Traceback (most recent call last)" in result.traceback
+    assert f"ValueError: {message}" in result.traceback
+    with pytest.raises(ValueError, match=message):
+        result.get(timeout=TIMEOUT)
+
+
+def test_group_joined_by_client(worker):
+    """A group's results are joined by the client, in order."""
+    app = worker.client(result_extended=False)
+    result = group(app.signature("tasksmod.add", (i, i)) for i in range(5))()
+    assert result.get(timeout=TIMEOUT) == [0, 2, 4, 6, 8]
+    assert all(child.state == states.SUCCESS for child in result.results)
+
+
+def test_chord_through_chord_unlock(worker):
+    """A chord (no native chord support) completes through celery.chord_unlock."""
+    app = worker.client(result_extended=False)
+    header = [app.signature("tasksmod.add", (i, 10)) for i in range(3)]
+    result = chord(header)(app.signature("tasksmod.tsum"))
+    assert result.get(timeout=TIMEOUT) == 10 + 11 + 12
+    assert result.parent is not None
+    assert sorted(result.parent.get(timeout=TIMEOUT)) == [10, 11, 12]
+    assert "celery.chord_unlock" in worker.log()
+
+
+def test_extended_result_through_worker(worker):
+    """With result_extended, the worker stores name, args, kwargs, worker and queue."""
+    app = worker.client(result_extended=True)
+    sent = app.send_task("tasksmod.add", args=(7,), kwargs={"y": 8})
+    assert sent.get(timeout=TIMEOUT) == 15
+    result = app.AsyncResult(sent.id)
+    assert result.name == "tasksmod.add"
+    assert result.args == [7]
+    assert result.kwargs == {"y": 8}
+    assert result.worker == WORKER_NAME
+    assert result.queue == "celery"
+    meta = app.backend.get_task_meta(sent.id)
+    assert meta["status"] == states.SUCCESS
+    assert meta["result"] == 15
+    assert meta["retries"] == 0
+    assert (meta["name"], meta["worker"], meta["queue"]) == ("tasksmod.add", WORKER_NAME, "celery")
