@@ -51,6 +51,8 @@ class DatabaseBackend(BaseBackend):
         self.task_cls = (TaskExtended if self.extended_result else Task).bound()
         self.taskset_cls = TaskSet.bound()
 
+        if url and url.rstrip("/").lower() == "rawdb:":
+            url = None  # "rawdb://" names the backend, no database: use database_url
         self.url = url or dburi or conf.database_url
         if not self.url:
             raise ImproperlyConfigured(
@@ -68,9 +70,10 @@ class DatabaseBackend(BaseBackend):
         self.task_cls.configure(schema=schemas.get("task"), name=tablenames.get("task"))
         self.taskset_cls.configure(schema=schemas.get("group"), name=tablenames.get("group"))
         self.tables = Tables(self.dialect, self.task_cls, self.taskset_cls)
-        sql = self.tables.sql
-        self._store_sql = sql["store_result_extended" if self.extended_result else "store_result"]
-        self._get_sql = sql["get_task_meta_extended" if self.extended_result else "get_task_meta"]
+        # Names, looked up at each use: a server variant (MariaDB) may replace
+        # the statements once the first connection is made.
+        self._store_statement = "store_result_extended" if self.extended_result else "store_result"
+        self._get_statement = "get_task_meta_extended" if self.extended_result else "get_task_meta"
         self._store_columns = self.task_cls.columns()
 
         engine_callback = kwargs.get("engine_callback", conf.database_engine_callback)
@@ -129,7 +132,7 @@ class DatabaseBackend(BaseBackend):
     def _query_task(self, session, task_id, for_update=False):
         """The task's row as a model, or None. ``for_update`` is accepted for
         Celery's signature: stores are one upsert here and lock nothing first."""
-        row = session.fetch_one(self._get_sql, {"task_id": task_id})
+        row = session.fetch_one(self.tables.sql[self._get_statement], {"task_id": task_id})
         if row is None:
             return None
         row["date_done"] = self.dialect.decode_datetime(row["date_done"])
@@ -148,7 +151,7 @@ class DatabaseBackend(BaseBackend):
         row = {column: getattr(task, column) for column in self._store_columns}
         row["date_done"] = self.dialect.encode_datetime(row["date_done"])
         with self.ResultSession() as session:
-            session.execute(self._store_sql, row)
+            session.execute(self.tables.sql[self._store_statement], row)
 
     def _update_result(self, task, result, state, traceback=None, request=None):
         meta = self._get_result_meta(

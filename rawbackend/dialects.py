@@ -7,6 +7,7 @@ psycopg or PyMySQL.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -56,6 +57,9 @@ class Dialect:
     # Parameters that a pool of this dialect must use whatever the options say
     # (one shared in-memory SQLite database lives only as long as its connection).
     pool_overrides: Callable[[dict], dict] = lambda params: {}
+    # The folder under sql/ whose statements replace this dialect's own on the
+    # server behind a connection, or None (MariaDB answers mysql:// URLs).
+    variant_of: Callable[[Any], str | None] = lambda conn: None
 
     def quote_identifier(self, name: str) -> str:
         return f"{self.quote}{name}{self.quote}"
@@ -98,6 +102,18 @@ def _postgresql_socket(conn) -> int | None:
 def _mysql_socket(conn) -> int | None:
     sock = getattr(conn, "_sock", None)
     return sock.fileno() if sock is not None else None
+
+
+_MARIADB_VERSION = re.compile(r"(\d+)\.(\d+)\.\d+-MariaDB")
+
+
+def _mysql_variant(conn) -> str | None:
+    # From 10.3 MariaDB has sequences, and SQLAlchemy's MariaDB dialect makes
+    # Celery's tables draw their ids from them instead of AUTO_INCREMENT.
+    match = _MARIADB_VERSION.search(conn.get_server_info() or "")
+    if match and (int(match[1]), int(match[2])) >= (10, 3):
+        return "mariadb"
+    return None
 
 
 def _sqlite_datetime(value: datetime | None) -> str | None:
@@ -168,6 +184,7 @@ MYSQL = Dialect(
     # never checked against the connection's character set.
     connect_defaults={"charset": "utf8mb4", "binary_prefix": True},
     socket_of=_mysql_socket,
+    variant_of=_mysql_variant,
 )
 
 SQLITE = Dialect(

@@ -144,9 +144,23 @@ class Tables:
             dialect.name, task_cls.table_schema, task_cls.table_name,
             taskset_cls.table_schema, taskset_cls.table_name,
         )
-        slots = {**self._slots("task", task_cls), **self._slots("group", taskset_cls)}
-        statements = load_dialect(dialect.name, dialect.paramstyle, KNOWN_SLOTS, REQUIRED)
-        self.sql: dict[str, str] = {name: st.render(slots) for name, st in statements.items()}
+        self._filled = {**self._slots("task", task_cls), **self._slots("group", taskset_cls)}
+        self.variant: str | None = None
+        self.sql: dict[str, str] = self._render(None)
+
+    def _render(self, variant: str | None) -> dict[str, str]:
+        dialect = self.dialect
+        statements = dict(load_dialect(dialect.name, dialect.paramstyle, KNOWN_SLOTS, REQUIRED))
+        if variant is not None:
+            statements.update(load_dialect(variant, dialect.paramstyle, KNOWN_SLOTS, frozenset()))
+        return {name: st.render(self._filled) for name, st in statements.items()}
+
+    def use_variant(self, variant: str | None) -> None:
+        """Use the statements of ``sql/<variant>/`` in place of the dialect's
+        own of the same names (None: the dialect's own only)."""
+        if variant != self.variant:
+            self.sql = self._render(variant)  # one assignment: readers see old or new
+            self.variant = variant
 
     def _slots(self, prefix: str, model: type[_Model]) -> dict[str, str]:
         dialect = self.dialect
@@ -178,12 +192,18 @@ class Tables:
 
     def create(self, session) -> None:
         """Create what is missing: tables, indexes and sequences, or new columns."""
+        # Known once connected: MariaDB behind a mysql:// URL has Celery's tables
+        # of its own shape (ids from sequences).
+        self.use_variant(self.dialect.variant_of(session.connection()))
         task_columns = self.columns(session, self.task_cls)
         if not task_columns or not self.columns(session, self.taskset_cls):
             for name, sql in self.sql.items():
                 if name.startswith("create_"):
                     session.execute(sql)
-            return
+            if not task_columns:
+                return  # made just now, with every column
+            # An old task table next to a missing group table: the group
+            # table is made above, and the task table still needs its columns.
         for column in MIGRATED_COLUMNS:
             if column not in task_columns:
                 session.execute(self.sql[f"add_task_column_{column}"])

@@ -75,6 +75,12 @@ class Session:
     def fetch_all(self, sql: str, params: dict | None = None) -> list[dict]:
         return self._run(sql, params, _all)
 
+    def connection(self) -> Any:
+        """The driver connection, checked out now if it is not yet."""
+        if self._pooled is None:
+            self._pooled = self.engine.getconn()
+        return self._pooled.conn
+
     def commit(self) -> None:
         """Connections run in autocommit: each statement is committed as it runs."""
 
