@@ -1,0 +1,239 @@
+"""A real server restart while a thread stores results in a loop.
+
+rawbackend must ride it out: no store raises, every result is there once (it
+waits for the server within ``database_reconnect_timeout``). Celery's own
+backend goes through one restart of its own for comparison, reported, not
+asserted. The server is always brought back, and answers, before a test ends.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+from celery import states
+
+from conftest import REQUIRE_SERVERS, raw_connect, server_url
+from rawbackend.url import parse_url
+
+pytestmark = pytest.mark.slow
+
+MAX_STORES = 20_000  # the loop's hard bound
+BEFORE = 100  # stores before the restart begins
+AFTER = 200  # stores after the server is back, before the loop stops
+MARIADBD = "/usr/sbin/mariadbd"
+
+
+def wait_until(predicate, what: str, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def run(command: list[str], timeout: float = 120) -> None:
+    done = subprocess.run(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, timeout=timeout,
+    )
+    assert done.returncode == 0, f"{' '.join(command)}: {done.stderr.decode(errors='replace')}"
+
+
+class Server:
+    """Restart, and bring back, the local server of one dialect."""
+
+    def __init__(self, dialect: str):
+        self.dialect = dialect
+        _, self.params = parse_url(server_url(dialect))
+        self.host = self.params.get("host", "127.0.0.1")
+        self.port = self.params.get("port", 5432 if dialect == "postgresql" else 3306)
+
+    def answers(self) -> bool:
+        try:
+            raw_connect(self.dialect).close()
+            return True
+        except Exception:  # refused, starting up, shutting down
+            return False
+
+    def wait_up(self, timeout: float = 120) -> None:
+        wait_until(self.answers, f"the {self.dialect} server to answer", timeout)
+
+
+class PostgreSQL(Server):
+    def __init__(self):
+        super().__init__("postgresql")
+        conn = raw_connect("postgresql")
+        try:
+            self.cluster = conn.execute("SHOW cluster_name").fetchone()[0]  # "15/main"
+        finally:
+            conn.close()
+
+    def controllable(self) -> str | None:
+        if self.host not in ("127.0.0.1", "localhost") or not shutil.which("pg_ctlcluster"):
+            return "the PostgreSQL server is not a local cluster pg_ctlcluster can restart"
+        if "/" not in (self.cluster or ""):
+            return f"cluster_name {self.cluster!r} does not name a Debian cluster"
+        return None
+
+    def ctl(self, action: str) -> None:
+        version, name = self.cluster.split("/")
+        run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, action])
+
+    def started(self):
+        conn = raw_connect("postgresql")
+        try:
+            return conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+        finally:
+            conn.close()
+
+    def restart(self) -> None:
+        self.ctl("restart")
+
+    def ensure_up(self) -> None:
+        if not self.answers():
+            try:
+                self.ctl("start")
+            except AssertionError:
+                pass  # already starting: wait for it below
+        self.wait_up()
+
+
+class MariaDB(Server):
+    def __init__(self):
+        super().__init__("mysql")
+
+    def controllable(self) -> str | None:
+        if self.host not in ("127.0.0.1", "localhost") or not os.access(MARIADBD, os.X_OK):
+            return f"the MySQL server is not a local {MARIADBD} this test can restart"
+        return None
+
+    def mysqladmin(self, *args: str) -> list[str]:
+        return ["mysqladmin", f"-u{self.params.get('user', 'root')}", f"-h{self.host}",
+                f"-P{self.port}", *args]
+
+    def running(self) -> bool:
+        status = subprocess.run(["start-stop-daemon", "--status", "--exec", MARIADBD], timeout=30)
+        return status.returncode == 0
+
+    def started(self):
+        out = subprocess.run(["pgrep", "-x", "mariadbd"], capture_output=True, text=True, timeout=30)
+        return out.stdout.split()
+
+    def start(self) -> None:
+        run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", MARIADBD])
+
+    def restart(self) -> None:
+        run(self.mysqladmin("shutdown"))
+        wait_until(lambda: not self.running(), "mariadbd to exit", 120)
+        self.start()
+        self.wait_up()
+
+    def ensure_up(self) -> None:
+        if not self.answers() and not self.running():
+            self.start()
+        self.wait_up()
+
+
+@pytest.fixture
+def restartable(server_db):
+    """(database, server): a test database whose server the test may restart;
+    the server is brought back and answers before the test ends."""
+    server = PostgreSQL() if server_db.dialect == "postgresql" else MariaDB()
+    problem = server.controllable()
+    if problem:
+        if REQUIRE_SERVERS:
+            pytest.fail(f"{problem} (RAWBACKEND_REQUIRE_SERVERS=1)")
+        pytest.skip(problem)
+    try:
+        yield server_db, server
+    finally:
+        server.ensure_up()
+
+
+class StoreLoop(threading.Thread):
+    """Stores results one after another, each under its own task id, until told
+    to stop (or MAX_STORES); keeps what raised."""
+
+    def __init__(self, backend, prefix: str):
+        super().__init__(daemon=True)
+        self.backend = backend
+        self.prefix = prefix
+        self.stop = threading.Event()
+        self.attempted = 0
+        self.stored: list[str] = []
+        self.failed: list[tuple[str, BaseException]] = []
+        self.longest = 0.0
+
+    def run(self):
+        while not self.stop.is_set() and self.attempted < MAX_STORES:
+            task_id = f"{self.prefix}-{self.attempted}"
+            began = time.monotonic()
+            try:
+                self.backend.store_result(task_id, {"n": self.attempted}, states.SUCCESS)
+                self.stored.append(task_id)
+            except Exception as exc:  # counted: the test decides what it means
+                self.failed.append((task_id, exc))
+            self.longest = max(self.longest, time.monotonic() - began)
+            self.attempted += 1
+            time.sleep(0.001)
+
+
+def across_restart(backend, server: Server, prefix: str) -> StoreLoop:
+    """Run a StoreLoop, restart the server in the middle of it, and stop it
+    once ``AFTER`` more stores went through the server that came back."""
+    loop = StoreLoop(backend, prefix)
+    loop.start()
+    try:
+        wait_until(lambda: loop.attempted >= BEFORE, "the first stores", 60)
+        started = server.started()
+        server.restart()
+        assert server.started() != started, "the server did not restart"
+        back = loop.attempted
+        wait_until(lambda: loop.attempted >= back + AFTER or not loop.is_alive(),
+                   "stores after the restart", 120)
+    finally:
+        loop.stop.set()
+        loop.join(180)
+    assert not loop.is_alive(), "the store loop did not stop"
+    assert loop.attempted > back  # it went on storing after the restart
+    return loop
+
+
+def stored_ids(db, prefix: str) -> list[str]:
+    return [row[0] for row in db.query(
+        f"SELECT task_id FROM {db.qualified(db.task_table)} WHERE task_id LIKE %s",
+        (f"{prefix}-%",),
+    )]
+
+
+def test_store_loop_rides_out_a_server_restart(restartable):
+    """rawbackend through a real restart: no store raises, every result once.
+    Then Celery's own backend through another restart, for the report."""
+    db, server = restartable
+    backend = db.backend()
+
+    ours = across_restart(backend, server, "raw")
+
+    assert ours.failed == [], ours.failed[:3]
+    in_db = stored_ids(db, "raw")
+    assert len(in_db) == len(set(in_db)) == ours.attempted
+    assert set(in_db) == set(ours.stored)
+    assert backend.get_task_meta(ours.stored[-1], cache=False)["status"] == states.SUCCESS
+
+    # Celery 5.7.0's DatabaseBackend on the same tables, through one restart.
+    celery_backend = db.app(prefix="db+").backend
+    celery_backend.store_result("celery-warm", 0, states.SUCCESS)
+    theirs = across_restart(celery_backend, server, "celery")
+    lost = [task_id for task_id, _ in theirs.failed if task_id not in set(stored_ids(db, "celery"))]
+    print(
+        f"\n{db.dialect} restart: rawbackend {len(ours.failed)} of {ours.attempted} stores raised "
+        f"(longest stall {ours.longest:.2f}s); Celery's DatabaseBackend {len(theirs.failed)} of "
+        f"{theirs.attempted} raised ({len(lost)} results never written, longest {theirs.longest:.2f}s)"
+    )
