@@ -20,4 +20,4 @@ bench: venv
 	$(BIN)/python -m benchmarks $(if $(URL),--url $(URL))
 
 clean:
-	rm -rf $(VENV) build dist benchmarks/results/*.json
+	rm -rf $(VENV) build dist benchmarks/results/2*

@@ -29,6 +29,8 @@ SCHEMA = "rawbackend_bench"
 # from a sequence (PostgreSQL; MariaDB, where SQLAlchemy creates sequences
 # too), and are empty where the column fills itself (AUTO_INCREMENT on MySQL,
 # SQLite). Parameters use the driver's own style.
+TASK_ROW = "SELECT task_id, status, result, date_done, traceback, children FROM {task}"
+
 SQL: dict[str, dict[str, str]] = {
     "postgresql": {
         "store": (
@@ -39,9 +41,9 @@ SQL: dict[str, dict[str, str]] = {
             " traceback = EXCLUDED.traceback, children = EXCLUDED.children"
             " WHERE {task}.status <> 'SUCCESS'"
         ),
-        "get": "SELECT task_id, status, result, date_done, traceback, children FROM {task} WHERE task_id = %s",
+        "get": TASK_ROW + " WHERE task_id = %s",
         "exists": "SELECT 1 FROM {task} WHERE task_id = %s",
-        "get_many": "SELECT task_id, status, result, date_done, traceback, children FROM {task} WHERE task_id IN ({ids})",
+        "get_many": TASK_ROW + " WHERE task_id IN ({ids})",
         "save_group": (
             "INSERT INTO {group} ({id_col}taskset_id, result, date_done)"
             " VALUES ({group_id}%s, %s, %s)"
@@ -67,16 +69,22 @@ SQL: dict[str, dict[str, str]] = {
             " children = IF(status = 'SUCCESS', children, VALUES(children)),"
             " status = IF(status = 'SUCCESS', status, VALUES(status))"
         ),
-        "get": "SELECT task_id, status, result, date_done, traceback, children FROM {task} WHERE task_id = %s",
+        "get": TASK_ROW + " WHERE task_id = %s",
         "exists": "SELECT 1 FROM {task} WHERE task_id = %s",
-        "get_many": "SELECT task_id, status, result, date_done, traceback, children FROM {task} WHERE task_id IN ({ids})",
-        "save_group": "INSERT INTO {group} ({id_col}taskset_id, result, date_done) VALUES ({group_id}%s, %s, %s)",
+        "get_many": TASK_ROW + " WHERE task_id IN ({ids})",
+        "save_group": (
+            "INSERT INTO {group} ({id_col}taskset_id, result, date_done)"
+            " VALUES ({group_id}%s, %s, %s)"
+        ),
         "restore_group": "SELECT taskset_id, result, date_done FROM {group} WHERE taskset_id = %s",
         "delete_expired": "DELETE FROM {task} WHERE date_done < %s",
         # PyMySQL's executemany batches this into multi-row INSERTs only when
         # every value is a placeholder: the ids are given, negative so that
         # they never meet the sequence's or AUTO_INCREMENT's.
-        "fill_expired": "INSERT INTO {task} (id, task_id, status, result, date_done) VALUES (%s, %s, %s, %s, %s)",
+        "fill_expired": (
+            "INSERT INTO {task} (id, task_id, status, result, date_done)"
+            " VALUES (%s, %s, %s, %s, %s)"
+        ),
     },
     "sqlite": {
         "store": (
@@ -87,9 +95,9 @@ SQL: dict[str, dict[str, str]] = {
             " traceback = excluded.traceback, children = excluded.children"
             " WHERE status <> 'SUCCESS'"
         ),
-        "get": "SELECT task_id, status, result, date_done, traceback, children FROM {task} WHERE task_id = ?",
+        "get": TASK_ROW + " WHERE task_id = ?",
         "exists": "SELECT 1 FROM {task} WHERE task_id = ?",
-        "get_many": "SELECT task_id, status, result, date_done, traceback, children FROM {task} WHERE task_id IN ({ids})",
+        "get_many": TASK_ROW + " WHERE task_id IN ({ids})",
         "save_group": "INSERT INTO {group} (taskset_id, result, date_done) VALUES (?, ?, ?)",
         "restore_group": "SELECT taskset_id, result, date_done FROM {group} WHERE taskset_id = ?",
         "delete_expired": "DELETE FROM {task} WHERE date_done < ?",
@@ -119,7 +127,7 @@ class Location:
     path: str = ""  # SQLite file
 
     @classmethod
-    def parse(cls, url: str) -> "Location":
+    def parse(cls, url: str) -> Location:
         parts = urlsplit(url)
         scheme = parts.scheme.split("+", 1)[0]
         dialect = {"postgresql": "postgresql", "postgres": "postgresql",
@@ -211,7 +219,7 @@ class Floor:
         self.names: dict[str, str] = {}
         self._fill_id = 0
 
-    def bind(self, like: "Floor | None" = None) -> None:
+    def bind(self, like: Floor | None = None) -> None:
         """Prepare the statements, once Celery's backend has created the tables."""
         if like is not None:  # another connection to the same tables
             self.names, self.sql = like.names, like.sql

@@ -20,22 +20,22 @@ import itertools
 import json
 import multiprocessing
 import multiprocessing.util
-import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from celery import Celery, states
 from celery.result import AsyncResult, GroupResult
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.json import loads as json_loads
 
-from .floor import Floor, Location, table_conf
+from .floor import SCHEMA, Floor, Location, table_conf
 
 SMALL_RESULT: dict[str, Any] = {"user_id": 1234, "status": "ok", "items": 3}
 # About 10 KB once encoded as JSON.
@@ -55,18 +55,19 @@ class Settings:
     """How long and how hard to measure (``--quick`` shrinks every number)."""
 
     rounds: int = 10           # rounds of the latency operations
-    heavy_rounds: int = 3      # rounds of cleanup, prefork and cold start
+    heavy_rounds: int = 5      # rounds of cleanup, prefork and cold start
     budget: float = 0.2        # seconds per contender per round of a latency operation
     min_calls: int = 3
     max_calls: int = 2000
     cleanup_rows: int = 100_000
     prefork_procs: int = 2
-    prefork_stores: int = 300  # stores per child
+    prefork_stores: int = 1000  # stores per child...
+    prefork_seconds: float = 2.0  # ...or fewer, if the child has stored this long
     client_pause: float = 0.002  # between the stores of the concurrent storer
 
     @classmethod
-    def quick(cls) -> "Settings":
-        return cls(rounds=3, heavy_rounds=1, budget=0.05, cleanup_rows=10_000, prefork_stores=50)
+    def quick(cls) -> Settings:
+        return cls(rounds=3, heavy_rounds=1, budget=0.05, cleanup_rows=10_000, prefork_stores=100)
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Bench:
         self.apps: dict[str, Celery] = {}
         self.floor: Floor | None = None
         self.storer: Storer | None = None
+        self.ids: list[str] = []  # stored rows that get/exists/group/join read
         self.redis_ids: list[str] = []
         self.server = ""
 
@@ -172,21 +174,32 @@ class Bench:
         self.backends["redis"].store_result(task_id, result, state)
 
     def _check(self) -> None:
-        """Both backends read what the floor wrote, and write the floor's bytes."""
+        """Both backends read what the floor wrote, and write the floor's bytes.
+
+        A contender that fails here is left out of this database's run (and
+        the reason is reported); one that reads or writes something else is
+        measured, with a note.
+        """
         for name in ("rawbackend", "celery"):
             backend = self.backends.get(name)
             if backend is None:
                 continue
-            meta = backend.get_task_meta(self.ids[0], cache=False)
+            try:
+                meta = backend.get_task_meta(self.ids[0], cache=False)
+                task_id = new_id()
+                backend.store_result(task_id, SMALL_RESULT, states.SUCCESS)
+            except Exception as exc:
+                self.notes.append(f"{name} not measured: {type(exc).__name__}: {exc}")
+                del self.backends[name]
+                continue
             if meta["status"] != states.SUCCESS or meta["result"] != SMALL_RESULT:
                 self.notes.append(f"{name} read {meta!r} for a row the floor wrote")
-            task_id = new_id()
-            backend.store_result(task_id, SMALL_RESULT, states.SUCCESS)
             row = self.floor.get(task_id) if self.floor else None
             if row is None or bytes(row[2]) != encode(SMALL_RESULT):
                 self.notes.append(f"{name} stored {row!r}, not the floor's bytes")
 
     def teardown(self) -> None:
+        """Close every connection and drop the tables; problems become notes."""
         if self.storer is not None:
             self.storer.close()
         for name, backend in self.backends.items():
@@ -199,9 +212,16 @@ class Bench:
                     backend.session_manager.invalidate(backend.url)  # close pooled connections
             except Exception as exc:
                 self.notes.append(f"closing {name}: {type(exc).__name__}: {exc}")
-        if self.floor is not None:
-            self.floor.drop_tables()
-            self.floor.close()
+        if self.floor is None:
+            return
+        self.floor.close()
+        try:  # on a new connection: the kept-open one may have died with a server restart
+            floor = Floor(self.loc)
+            floor.drop_tables()
+            floor.close()
+        except Exception as exc:
+            self.notes.append(f"dropping the benchmark's tables failed ({type(exc).__name__}: {exc}): "
+                              f"drop {SCHEMA!r} (or the bench_* tables on SQLite) by hand")
 
     @property
     def contenders(self) -> list[str]:
@@ -242,13 +262,13 @@ class Bench:
                              cold, self._coldstart_round, heavy=True))
         return ops
 
-    def _latency(self, key: str, title: str, calls: dict[str, "Call"]) -> Operation:
+    def _latency(self, key: str, title: str, calls: dict[str, Call]) -> Operation:
         def measure(name: str) -> Sample:
             return timed_batch(calls[name], self.settings)
         return Operation(key, title, "latency", "s", [n for n in self.contenders if n in calls],
                          measure)
 
-    def _store_calls(self, result: Any, celery_name: str) -> dict[str, "Call"]:
+    def _store_calls(self, result: Any, celery_name: str) -> dict[str, Call]:
         calls: dict[str, Call] = {}
         for name, backend_name in (("rawbackend", "rawbackend"), ("celery", celery_name)):
             if backend_name in self.backends:
@@ -261,7 +281,7 @@ class Bench:
             calls["redis"] = Call(new_id, redis_store)
         return calls
 
-    def _started_success_calls(self) -> dict[str, "Call"]:
+    def _started_success_calls(self) -> dict[str, Call]:
         def backend_call(backend: Any) -> Callable[[str], None]:
             def run(task_id: str) -> None:
                 backend.store_result(task_id, STARTED_META, states.STARTED)
@@ -277,7 +297,7 @@ class Bench:
         calls["floor"] = Call(new_id, floor_call)
         return calls
 
-    def _get_calls(self, hit: bool) -> dict[str, "Call"]:
+    def _get_calls(self, hit: bool) -> dict[str, Call]:
         prepare = itertools.cycle(self.ids).__next__ if hit else new_id
 
         def backend_call(backend: Any) -> Callable[[str], Any]:
@@ -292,14 +312,14 @@ class Bench:
         calls["floor"] = Call(prepare, floor_call)
         return calls
 
-    def _exists_calls(self) -> dict[str, "Call"]:
+    def _exists_calls(self) -> dict[str, Call]:
         prepare = itertools.cycle(self.ids).__next__
         calls = {name: Call(prepare, self.backends[name].task_result_exists)
                  for name in ("rawbackend", "celery") if name in self.backends}
         calls["floor"] = Call(prepare, self.floor.exists)
         return calls
 
-    def _group_calls(self) -> dict[str, "Call"]:
+    def _group_calls(self) -> dict[str, Call]:
         members = self.ids[:GROUP_SIZE]
 
         def backend_call(name: str) -> Call:
@@ -326,7 +346,7 @@ class Bench:
         calls["floor"] = Call(floor_prepare, floor_run)
         return calls
 
-    def _join_calls(self) -> dict[str, "Call"]:
+    def _join_calls(self) -> dict[str, Call]:
         members = self.ids[:JOIN_SIZE]
 
         def backend_call(name: str) -> Call:
@@ -376,8 +396,9 @@ class Bench:
                    "celery": self.backends.get("celery_client")}.get(name)
         if backend is not None:
             backend.store_result(new_id(), SMALL_RESULT, states.SUCCESS)  # used in the parent first
-        total, seconds = prefork_stores(backend, self.floor, self.settings.prefork_procs,
-                                        self.settings.prefork_stores)
+        s = self.settings
+        total, seconds = prefork_stores(backend, self.floor, s.prefork_procs, s.prefork_stores,
+                                        s.prefork_seconds)
         return Sample([total / seconds], {"seconds": seconds, "stores": total})
 
     # -- cold start: a fresh interpreter per sample -------------------------
@@ -402,6 +423,11 @@ def _storer(backend: Any, result: Any) -> Callable[[str], Any]:
     return lambda task_id: backend.store_result(task_id, result, states.SUCCESS)
 
 
+def _floor_storer(floor: Floor) -> Callable[[str], Any]:
+    small = encode(SMALL_RESULT)
+    return lambda task_id: floor.store(task_id, states.SUCCESS, small)
+
+
 def timed_batch(call: Call, settings: Settings) -> Sample:
     """Call repeatedly for the time budget (within min/max calls); per-call seconds."""
     values: list[float] = []
@@ -415,9 +441,10 @@ def timed_batch(call: Call, settings: Settings) -> Sample:
     return Sample(values)
 
 
-def prefork_stores(backend: Any, parent_floor: Floor, procs: int, stores: int,
+def prefork_stores(backend: Any, parent_floor: Floor, procs: int, stores: int, seconds: float,
                    timeout: float = 300.0) -> tuple[int, float]:
-    """Fork ``procs`` children that each store ``stores`` results; (total, seconds).
+    """Fork ``procs`` children that each store ``stores`` results (or as many
+    as they can in ``seconds``); (total stored, seconds).
 
     multiprocessing's fork start method does what billiard's prefork pool
     does: ``os.fork()``, then the after-fork hooks, which is where Celery's
@@ -436,18 +463,20 @@ def prefork_stores(backend: Any, parent_floor: Floor, procs: int, stores: int,
             ready.release()
             go.wait(timeout)
             t0 = time.perf_counter()
+            deadline = t0 + seconds
             if backend is None:
                 floor = Floor(parent_floor.loc)
                 floor.bind(like=parent_floor)
-                small = encode(SMALL_RESULT)
-                for _ in range(stores):
-                    floor.store(new_id(), states.SUCCESS, small)
+                store = _floor_storer(floor)
             else:
-                for _ in range(stores):
-                    backend.store_result(new_id(), SMALL_RESULT, states.SUCCESS)
-            spans.put((t0, time.perf_counter(), ""))
+                store = _storer(backend, SMALL_RESULT)
+            done = 0
+            while done < stores and time.perf_counter() < deadline:
+                store(new_id())
+                done += 1
+            spans.put((t0, time.perf_counter(), done, ""))
         except Exception as exc:
-            spans.put((0.0, 0.0, f"{type(exc).__name__}: {exc}"))
+            spans.put((0.0, 0.0, 0, f"{type(exc).__name__}: {exc}"))
 
     children = [ctx.Process(target=child, daemon=True) for _ in range(procs)]
     for proc in children:
@@ -463,10 +492,10 @@ def prefork_stores(backend: Any, parent_floor: Floor, procs: int, stores: int,
             proc.join(30)
             if proc.is_alive():
                 proc.terminate()
-    errors = [error for _, _, error in results if error]
+    errors = [error for *_, error in results if error]
     if errors:
         raise RuntimeError(f"prefork child failed: {errors[0]}")
-    return procs * stores, max(r[1] for r in results) - min(r[0] for r in results)
+    return sum(r[2] for r in results), max(r[1] for r in results) - min(r[0] for r in results)
 
 
 def coldstart(url: str, conf: dict[str, Any]) -> Sample:
@@ -523,7 +552,7 @@ class Storer:
     def close(self) -> None:
         try:
             self.conn.send(("quit",))
-        except OSError:
+        except (OSError, ValueError):
             pass
         self.proc.join(30)
         if self.proc.is_alive():
@@ -537,8 +566,7 @@ def storer_main(conn: Any, url: str, sql: dict[str, str], pause: float,
     stores: dict[str, Callable[[str], Any]] = {}
     floor = Floor(loc)
     floor.sql = sql
-    small = encode(SMALL_RESULT)
-    stores["floor"] = lambda task_id: floor.store(task_id, states.SUCCESS, small)
+    stores["floor"] = _floor_storer(floor)
     for name, backend_url in (("celery", loc.celery_url), ("rawbackend", loc.rawdb_url)):
         try:
             backend = make_app(backend_url, loc.dialect).backend

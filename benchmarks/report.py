@@ -31,24 +31,26 @@ def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def cell(op: "OpResult", name: str) -> str:
-    """One contender's median / p99 in the operation's unit."""
+def cell(op: OpResult, name: str) -> str:
+    """One contender's median / p99, in the operation's unit."""
     c = op.contenders.get(name)
     if c is None:
         return ""
     if c.median is None:
         return "failed" if c.error else "-"
     if op.kind == "throughput":
-        return f"{c.median:,.0f}/s"
-    return f"{fmt_ms(c.median)} / {fmt_ms(c.p99)} ms"
+        return f"{c.median:,.0f}"
+    if op.kind in ("cleanup", "coldstart"):
+        return fmt_ms(c.median)
+    return f"{fmt_ms(c.median)} / {fmt_ms(c.p99)}"
 
 
-def header_unit(op: "OpResult") -> str:
-    return {"throughput": "stores/s (higher is better)", "coldstart": "ms to build app + backend",
-            "cleanup": "ms"}.get(op.kind, "median / p99 ms per call")
+def unit(op: OpResult) -> str:
+    return {"throughput": "stores/s", "coldstart": "ms, median",
+            "cleanup": "ms, median"}.get(op.kind, "ms, median / p99")
 
 
-def details(op: "OpResult") -> list[str]:
+def details(op: OpResult) -> list[str]:
     """Extra measurements worth a line of their own."""
     lines = []
     for name in CONTENDERS:
@@ -63,22 +65,25 @@ def details(op: "OpResult") -> list[str]:
             lines.append(f"{name}: longest concurrent store {x.get('max_store_ms', 0):.1f} ms "
                          f"({x.get('stores', 0):.0f} stores, {x.get('errors', 0):.0f} errors)")
         elif op.kind == "coldstart" and x:
+            ms = {key: fmt_ms(x.get(key)) for key in
+                  ("import_celery", "build", "app", "backend", "first_store", "process_wall")}
             lines.append(
-                f"{name}: import celery {fmt_ms(x.get('import_celery'))} ms, build {fmt_ms(x.get('build'))} ms, "
-                f"first store {fmt_ms(x.get('first_store'))} ms, process {fmt_ms(x.get('process_wall'))} ms, "
-                f"peak RSS {x.get('rss_kib', 0) / 1024:.1f} MiB, {x.get('modules', 0):.0f} modules")
+                f"{name}: import celery {ms['import_celery']} ms, build {ms['build']} ms "
+                f"(app {ms['app']} + backend {ms['backend']}), first store {ms['first_store']} ms, "
+                f"process {ms['process_wall']} ms, peak RSS {x.get('rss_kib', 0) / 1024:.1f} MiB, "
+                f"{x.get('modules', 0):.0f} modules")
         elif op.key == "store_client" and c.median:
             lines.append(f"{name}: {1 / c.median:,.0f} stores/s (1 / median)")
     return lines
 
 
-def table_rows(db: "DatabaseResult") -> tuple[list[str], list[list[str]]]:
+def table_rows(db: DatabaseResult) -> tuple[list[str], list[list[str]]]:
     names = [n for n in CONTENDERS if any(n in op.contenders for op in db.operations)]
-    head = ["operation", *names, "raw/floor", "x faster than celery"]
+    head = ["operation", "unit", *names, "raw/floor", "x faster than celery"]
     rows = []
     for op in db.operations:
         rows.append([
-            f"{op.title} [{header_unit(op)}]", *[cell(op, n) for n in names],
+            op.title, unit(op), *[cell(op, n) for n in names],
             fmt_ratio(op.raw_vs_floor.median if op.raw_vs_floor else None),
             fmt_ratio(op.speedup_vs_celery.median if op.speedup_vs_celery else None),
         ])
@@ -87,20 +92,20 @@ def table_rows(db: "DatabaseResult") -> tuple[list[str], list[list[str]]]:
 
 def target_line(t: Any) -> tuple[str, str]:
     status = {True: "met", False: "NOT MET", None: "n/a"}[t.met]
-    measured = "not measured" if t.measured is None else f"{t.measured:.2f}"
+    measured = "not measured" if t.measured is None else f"{t.measured:.3g}"
     note = f" ({t.note})" if t.note else ""
     return status, f"{t.name} {t.limit}: {measured}{note}"
 
 
 # -- text ---------------------------------------------------------------------
-def render_text(meta: dict[str, Any], databases: list["DatabaseResult"]) -> str:
+def render_text(meta: dict[str, Any], databases: list[DatabaseResult]) -> str:
     out = []
     for db in databases:
         out.append(f"\n== {db.url}  ({db.server}, {db.seconds:.0f} s)")
         head, rows = table_rows(db)
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         for row in [head, *rows]:
-            out.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+            out.append("  ".join(v.ljust(w) if i < 2 else v.rjust(w)
                                  for i, (v, w) in enumerate(zip(row, widths))))
         for op in db.operations:
             for line in details(op):
@@ -117,7 +122,7 @@ def render_text(meta: dict[str, Any], databases: list["DatabaseResult"]) -> str:
 
 
 # -- files --------------------------------------------------------------------
-def write(out: Path, meta: dict[str, Any], databases: list["DatabaseResult"]) -> list[Path]:
+def write(out: Path, meta: dict[str, Any], databases: list[DatabaseResult]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "report.md", out / "chart.png"]
     paths[0].write_text(json.dumps({"meta": meta, "databases": [asdict(db) for db in databases]},
@@ -131,7 +136,7 @@ def md_row(values: list[str]) -> str:
     return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
 
 
-def render_markdown(meta: dict[str, Any], databases: list["DatabaseResult"], chart: str) -> str:
+def render_markdown(meta: dict[str, Any], databases: list[DatabaseResult], chart: str) -> str:
     v = meta["versions"]
     lines = [
         "# rawbackend benchmark",
@@ -155,7 +160,7 @@ def render_markdown(meta: dict[str, Any], databases: list["DatabaseResult"], cha
     for db in databases:
         lines += [f"## {db.dialect}: `{db.url}`", "", f"{db.server}; {db.seconds:.0f} s.", ""]
         head, rows = table_rows(db)
-        lines += [md_row(head), md_row(["---"] + ["---:"] * (len(head) - 1))]
+        lines += [md_row(head), md_row(["---", "---"] + ["---:"] * (len(head) - 2))]
         lines += [md_row(r) for r in rows]
         lines.append("")
         for op in db.operations:
@@ -167,7 +172,7 @@ def render_markdown(meta: dict[str, Any], databases: list["DatabaseResult"], cha
                   "| --- | --- | --- | ---: | --- |"]
         for t in db.targets:
             status = {True: "met", False: "**not met**", None: "n/a"}[t.met]
-            measured = "-" if t.measured is None else f"{t.measured:.2f}"
+            measured = "-" if t.measured is None else f"{t.measured:.3g}"
             lines.append(md_row([status, t.name, t.limit, measured, t.note]))
         lines.append("")
     lines += [
@@ -180,7 +185,7 @@ def render_markdown(meta: dict[str, Any], databases: list["DatabaseResult"], cha
     return "\n".join(lines)
 
 
-def chart_value(op: "OpResult", c: "ContenderResult") -> tuple[float, float] | None:
+def chart_value(op: OpResult, c: ContenderResult) -> tuple[float, float] | None:
     """(median, p99) in milliseconds; throughput becomes ms per store."""
     if c.median is None:
         return None
@@ -189,22 +194,22 @@ def chart_value(op: "OpResult", c: "ContenderResult") -> tuple[float, float] | N
     return c.median * 1000, (c.p99 or c.median) * 1000
 
 
-def write_chart(path: Path, databases: list["DatabaseResult"]) -> None:
+def write_chart(path: Path, databases: list[DatabaseResult]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_ops = max((len(db.operations) for db in databases), default=1)
-    fig, axes = plt.subplots(1, len(databases), figsize=(6.5 * len(databases) + 3, 0.75 * n_ops + 2.2),
-                             sharey=True, squeeze=False)
-    for ax, db in zip(axes[0], databases):
-        labels, labelled = [], set()
+    shown = [db for db in databases if db.operations] or databases
+    n_ops = max((len(db.operations) for db in shown), default=1)
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown) + 3.5, 0.8 * n_ops + 2.2),
+                             squeeze=False)
+    same_ops = len({tuple(op.key for op in db.operations) for db in shown}) == 1
+    labelled: set[str] = set()
+    for col, (ax, db) in enumerate(zip(axes[0], shown)):
         names = [n for n in CONTENDERS if any(n in op.contenders for op in db.operations)]
         height = 0.8 / max(len(names), 1)
         for i, op in enumerate(db.operations):
-            title = op.title if op.kind != "throughput" else f"{op.title} (ms per store)"
-            labels.append(title.replace(", ", ",\n", 1) if len(title) > 38 else title)
             for j, name in enumerate(names):
                 c = op.contenders.get(name)
                 value = chart_value(op, c) if c else None
@@ -215,14 +220,20 @@ def write_chart(path: Path, databases: list["DatabaseResult"]) -> None:
                         label=None if name in labelled else LABELS[name])
                 labelled.add(name)
                 if value[1] > value[0]:
-                    ax.plot([value[0], value[1]], [y, y], color="black", linewidth=0.8)
+                    ax.plot([value[0], value[1]], [y, y], color="black", linewidth=0.7)
+                ax.text(value[1] * 1.12, y, f"{value[0]:.3g}", va="center", fontsize=6)
         ax.set_yticks(range(len(db.operations)))
-        ax.set_yticklabels(labels, fontsize=8)
-        ax.invert_yaxis()
+        if col == 0 or not same_ops:
+            ax.set_yticklabels([chart_label(op) for op in db.operations], fontsize=8)
+        else:
+            ax.set_yticklabels([])
+        ax.set_ylim(len(db.operations) - 0.5, -0.5)
         ax.set_xscale("log")
-        ax.set_xlabel("milliseconds (log scale): bar = median, line = to p99")
-        ax.set_title(f"{db.dialect} — {db.server}", fontsize=10)
-        ax.grid(axis="x", which="both", alpha=0.3)
+        left, right = ax.get_xlim()
+        ax.set_xlim(left, right * 3)  # room for the value labels
+        ax.set_xlabel("ms, log scale: bar = median, line = to p99", fontsize=8)
+        ax.set_title(f"{db.dialect}: {db.server}", fontsize=9)
+        ax.grid(axis="x", which="major", alpha=0.3)
     handles, legend_labels = [], []
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -231,7 +242,17 @@ def write_chart(path: Path, databases: list["DatabaseResult"]) -> None:
                 legend_labels.append(lab)
     fig.legend(handles, legend_labels, loc="lower center", ncol=min(4, len(handles)), fontsize=8,
                frameon=False)
-    fig.suptitle("rawbackend vs Celery's DatabaseBackend vs the bare-driver floor (lower is better)")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.suptitle("rawbackend vs Celery's DatabaseBackend vs the bare-driver floor "
+                 "(milliseconds, lower is better)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def chart_label(op: OpResult) -> str:
+    title = op.title
+    if op.kind == "throughput":
+        title += ": ms per store"
+    elif op.kind == "coldstart":
+        title = "cold start: build app + backend"
+    return title.replace(", ", ",\n", 1) if len(title) > 34 else title
