@@ -140,24 +140,38 @@ def _execute(conn, sql, params, consume):
             cursor.execute(sql)
         else:
             cursor.execute(sql, params)
-        return consume(cursor)
+        return consume(cursor, sql)
     finally:
         cursor.close()
 
 
-def _rowcount(cursor) -> int:
+def _rowcount(cursor, sql: str) -> int:
     return cursor.rowcount
 
 
-def _one(cursor) -> dict | None:
+# Column names by statement: a statement's columns never change, and reading
+# cursor.description builds objects on every call (psycopg: one per column).
+_COLUMNS: dict[str, tuple[str, ...]] = {}
+
+
+def _names(cursor, sql: str) -> tuple[str, ...]:
+    names = _COLUMNS.get(sql)
+    if names is None:
+        names = tuple(d[0] for d in cursor.description)
+        if len(_COLUMNS) < 1024:  # ad hoc SQL must not grow it without end
+            _COLUMNS[sql] = names
+    return names
+
+
+def _one(cursor, sql: str) -> dict | None:
     row = cursor.fetchone()
     if row is None:
         return None
-    return dict(zip([d[0] for d in cursor.description], row))
+    return dict(zip(_names(cursor, sql), row))
 
 
-def _all(cursor) -> list[dict]:
-    names = [d[0] for d in cursor.description]
+def _all(cursor, sql: str) -> list[dict]:
+    names = _names(cursor, sql)
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
