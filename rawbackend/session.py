@@ -112,7 +112,7 @@ class Session:
             if verdict is None:
                 raise
             pooled, self._pooled = self._pooled, None
-            if getattr(exc, "sqlstate", None) in engine.dialect.unprepare_codes:
+            if engine.dialect.errors.code_of(exc) in engine.dialect.unprepare_codes:
                 # Behind PgBouncer in transaction mode, the statement psycopg
                 # prepared went with another server connection. Stop preparing
                 # on this pool, and run the (idempotent) statement again.

@@ -7,6 +7,7 @@ A server that does not answer skips its tests, unless RAWBACKEND_REQUIRE_SERVERS
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -21,6 +22,18 @@ REQUIRE_SERVERS = os.environ.get("RAWBACKEND_REQUIRE_SERVERS") == "1"
 DIALECTS = ("sqlite", "postgresql", "mysql")
 
 _reachable: dict[str, str | None] = {}
+
+
+def wait_until(predicate, what: str, timeout: float = 15.0, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 def server_error(dialect: str) -> str | None:

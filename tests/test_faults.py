@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
-import time
 import uuid
 
 import pytest
 from celery import states
 
-from conftest import raw_connect
+from conftest import raw_connect, wait_until
 
 # How to find, kill and watch a backend's connection, per server.
 PID_SQL = {
@@ -58,16 +57,6 @@ def code_of(exc: BaseException):
     return getattr(exc, "sqlstate", None)
 
 
-def wait_until(predicate, what: str, timeout: float = 15.0, interval: float = 0.02):
-    """Poll ``predicate`` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Worker(threading.Thread):

@@ -16,7 +16,7 @@ import time
 import pytest
 from celery import states
 
-from conftest import REQUIRE_SERVERS, raw_connect, server_url
+from conftest import REQUIRE_SERVERS, raw_connect, server_url, wait_until
 from rawbackend.url import parse_url
 
 pytestmark = pytest.mark.slow
@@ -27,15 +27,6 @@ AFTER = 200  # stores after the server is back, before the loop stops
 MARIADBD = "/usr/sbin/mariadbd"
 
 
-def wait_until(predicate, what: str, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def run(command: list[str], timeout: float = 120) -> None:

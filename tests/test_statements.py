@@ -16,26 +16,16 @@ logged, and each log line carries the backend's pid or application name.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 
 import pytest
 from celery import states
 
-from conftest import raw_connect
+from conftest import raw_connect, wait_until
 
 WARM_UP_STORES = 8  # past psycopg's prepare_threshold (5): the steady state
 
 
-def wait_until(predicate, what: str, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def bare_all(conn, sql: str, params=None) -> list[tuple]:

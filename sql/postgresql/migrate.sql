@@ -3,8 +3,12 @@
 
 -- name: table_columns
 -- The names of the columns a table has now (none if it is missing).
-SELECT column_name AS name FROM information_schema.columns
-WHERE table_schema = COALESCE(%(schema)s, current_schema()) AND table_name = %(table)s;
+-- why: pg_catalog, not information_schema: the latter's view costs ~7 ms on
+-- why: a cold connection, paid by every worker at start.
+SELECT attname AS name FROM pg_attribute
+WHERE attrelid = to_regclass(
+        quote_ident(COALESCE(%(schema)s, current_schema())) || '.' || quote_ident(%(table)s))
+  AND attnum > 0 AND NOT attisdropped;
 
 -- name: add_task_column_children
 -- Add the children column.
