@@ -137,6 +137,8 @@ def _drop(db: Database) -> None:
         db.query(f'DROP SCHEMA IF EXISTS "{db.schema}" CASCADE')
     elif db.dialect == "mysql":
         db.query(f"DROP TABLE IF EXISTS `{db.task_table}`, `{db.group_table}`")
+        # MariaDB: Celery's sequences have fixed names in the database itself.
+        db.query("DROP SEQUENCE IF EXISTS task_id_sequence, taskset_id_sequence")
 
 
 def make_database(dialect: str, tmp_path) -> Database:
