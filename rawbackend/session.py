@@ -6,21 +6,21 @@ connection with ``execute``/``fetch_one``/``fetch_all`` and
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
 import time
 import weakref
 from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
 
 from celery.utils.time import get_exponential_backoff_interval
 
 from .errors import classify
 from .pool import Pool, PooledConnection
-from .url import parse_url, strip_prefix
+from .url import parse_url, sanitize_url, strip_prefix
 
-__all__ = ("SessionManager", "Session", "sanitize_url")
+__all__ = ("SessionManager", "Session")
 
 logger = logging.getLogger(__name__)
 echo_logger = logging.getLogger("rawbackend.echo")
@@ -40,19 +40,6 @@ POOL_OPTIONS = {
 # Session._run), connect_args and prepare_threshold go to the driver.
 OTHER_OPTIONS = {"pool_pre_ping", "connect_args", "prepare_threshold"}
 _warned_options: set[str] = set()
-
-
-def sanitize_url(url: str) -> str:
-    """``url`` with its password replaced by ``**``."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rpartition("@")
-        userinfo = parts.netloc[: len(netloc[0])].partition(":")[0]
-        return urlunsplit(parts._replace(netloc=f"{userinfo}:**@{netloc[2]}"))
-    except ValueError:
-        return "<a malformed URL>"
 
 
 class Session:
@@ -296,8 +283,6 @@ class SessionManager:
 
 
 def _is_driver_error(engine: Pool, exc: Exception) -> bool:
-    import importlib
-
     driver = importlib.import_module(engine.dialect.driver)
     return isinstance(exc, getattr(driver, "Error", ()))
 

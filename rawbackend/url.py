@@ -1,13 +1,13 @@
 """Database URLs -> a dialect and the driver's connect parameters."""
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from celery.exceptions import ImproperlyConfigured
 
 from .dialects import BY_SCHEME, Dialect
 
-__all__ = ("ACCEPTED_FORMS", "parse_url", "strip_prefix")
+__all__ = ("ACCEPTED_FORMS", "parse_url", "sanitize_url", "strip_prefix")
 
 PREFIX = "rawdb+"
 
@@ -25,9 +25,20 @@ def strip_prefix(url: str) -> str:
     return url[len(PREFIX):] if url.startswith(PREFIX) else url
 
 
-def _bad(url: str, problem: str) -> ImproperlyConfigured:
-    from .session import sanitize_url
+def sanitize_url(url: str) -> str:
+    """``url`` with its password replaced by ``**``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        userinfo, _, location = parts.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        return urlunsplit(parts._replace(netloc=f"{user}:**@{location}"))
+    except ValueError:
+        return "<a malformed URL>"
 
+
+def _bad(url: str, problem: str) -> ImproperlyConfigured:
     return ImproperlyConfigured(
         f"rawbackend: {problem} in database URL {sanitize_url(url)!r}. "
         f"Accepted forms: {ACCEPTED_FORMS}"
