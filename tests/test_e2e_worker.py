@@ -78,6 +78,8 @@ class Worker:
                 "processed_folder": str(workdir / "processed"),
                 "store_processed": False,
                 "polling_interval": 0.05,
+                # kombu writes fanout exchanges here (cwd/control by default).
+                "control_folder": str(workdir / "control"),
             },
             "result_extended": True,
             # chord_unlock polls the header's results: keep it short and bounded.
