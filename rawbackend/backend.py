@@ -27,6 +27,15 @@ CLEANUP_BATCH = 5000  # rows per DELETE: short locks, so stores never wait long
 DEFAULT_RECONNECT_TIMEOUT = 30.0  # seconds to wait for a server to come back
 
 
+def _encodes(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class DatabaseBackend(BaseBackend):
     """The database result backend, on psycopg 3, PyMySQL or sqlite3."""
 
@@ -45,6 +54,13 @@ class DatabaseBackend(BaseBackend):
             self.always_retry = True
         if not conf.value_set_for("result_backend_max_retries") or self.max_retries is None:
             self.max_retries = 3
+
+        # Where the results live and how they are written: from the app's conf,
+        # or from the pickled form of a backend (see __reduce__), which must
+        # not fall back on the conf of whatever app is current where it lands.
+        self._extended = kwargs.get("extended")
+        schemas = kwargs.get("table_schemas", conf.database_table_schemas) or {}
+        tablenames = kwargs.get("table_names", conf.database_table_names) or {}
 
         # Classes of this backend's own, so that configure() below never
         # changes the tables of another app's backend in this process.
@@ -65,8 +81,6 @@ class DatabaseBackend(BaseBackend):
         self.short_lived_sessions = kwargs.get(
             "short_lived_sessions", conf.database_short_lived_sessions
         )
-        schemas = conf.database_table_schemas or {}
-        tablenames = conf.database_table_names or {}
         self.task_cls.configure(schema=schemas.get("task"), name=tablenames.get("task"))
         self.taskset_cls.configure(schema=schemas.get("group"), name=tablenames.get("group"))
         self.tables = Tables(self.dialect, self.task_cls, self.taskset_cls)
@@ -74,7 +88,7 @@ class DatabaseBackend(BaseBackend):
         # the statements once the first connection is made.
         self._store_statement = "store_result_extended" if self.extended_result else "store_result"
         self._get_statement = "get_task_meta_extended" if self.extended_result else "get_task_meta"
-        self._store_columns = self.task_cls.columns()
+        self._extended_columns = issubclass(self.task_cls, TaskExtended)
 
         engine_callback = kwargs.get("engine_callback", conf.database_engine_callback)
         if isinstance(engine_callback, str):
@@ -84,15 +98,17 @@ class DatabaseBackend(BaseBackend):
                 f"database_engine_callback must be callable, got {engine_callback!r}"
             )
         self.session_manager = SessionManager(engine_callback=engine_callback)
-        self.reconnect_timeout = float(
-            conf.get("database_reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT)
-        )
+        self.reconnect_timeout = float(kwargs.get(
+            "reconnect_timeout", conf.get("database_reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT)
+        ))
 
-        if conf.database_create_tables_at_setup is True:
+        if kwargs.get("create_tables_at_setup", conf.database_create_tables_at_setup) is True:
             self._create_tables()
 
     @property
     def extended_result(self):
+        if self._extended is not None:
+            return self._extended
         return self.app.conf.find_value_for_key("extended", "result")
 
     # -- retries: Celery's loop in base.py, our verdicts -----------------------
@@ -146,32 +162,60 @@ class DatabaseBackend(BaseBackend):
                 f"rawbackend: task id {task_id!r:.60} is not a string of 1 to {TASK_ID_MAX} "
                 f"characters, what {self.task_cls.table_name}.task_id holds"
             )
-        task = self.task_cls(task_id)
-        self._update_result(task, result, state, traceback=traceback, request=request)
-        row = {column: getattr(task, column) for column in self._store_columns}
+        if not task_id.isascii() and not _encodes(task_id):
+            raise ValueError(
+                f"rawbackend: task id {task_id!r:.60} is not valid Unicode (it holds a lone "
+                "surrogate, which UTF-8 can't encode); nothing was stored"
+            )
+        if traceback and not traceback.isascii() and not _encodes(traceback):
+            # A traceback is for people to read: keep the task's state and
+            # result, and show the undecodable bytes escaped.
+            traceback = traceback.encode("utf-8", "backslashreplace").decode("utf-8")
+        row = self._row(task_id, result, state, traceback, request)
         row["date_done"] = self.dialect.encode_datetime(row["date_done"])
         with self.ResultSession() as session:
             session.execute(self.tables.sql[self._store_statement], row)
 
-    def _update_result(self, task, result, state, traceback=None, request=None):
-        meta = self._get_result_meta(
-            result=ensure_bytes(self.encode(result)), state=state, traceback=traceback,
-            request=request, format_date=False, encode=True,
-        )
-        for column in self._store_columns:
-            if column not in ("task_id", "children", "stamps"):
-                setattr(task, column, meta.get(column))
-        children = meta.get("children")
-        task.children = ensure_bytes(self.encode(children)) if children else None
-        if hasattr(task, "stamps"):
-            stamped_headers = meta.get("stamped_headers")
-            if stamped_headers:
-                stamps = {h: meta.get(h) for h in stamped_headers if h in meta}
-                task.stamps = ensure_bytes(
-                    self.encode({"stamped_headers": stamped_headers, "stamps": stamps})
-                )
+    def _row(self, task_id, result, state, traceback=None, request=None) -> dict:
+        """The columns a store writes, as Celery's ``_get_result_meta`` and
+        ``_update_result`` would set them, built directly: the backend's own
+        settings decide (not the conf of whatever app is current), and no meta
+        dict is made only to be taken apart again."""
+        children = self.current_task_children(request)
+        row = {
+            "task_id": task_id,
+            "status": state,
+            "result": ensure_bytes(self.encode(result)),
+            "date_done": self.app.now() if state in states.READY_STATES else None,
+            "traceback": traceback,
+            "children": ensure_bytes(self.encode(children)) if children else None,
+        }
+        if self._extended_columns:
+            if request is None:
+                row.update(dict.fromkeys(("name", "args", "kwargs", "worker", "retries", "queue")))
             else:
-                task.stamps = None  # the upsert keeps stamps stored earlier
+                delivery_info = getattr(request, "delivery_info", None)
+                row.update(
+                    name=getattr(request, "task", None),
+                    args=ensure_bytes(self.encode(getattr(request, "args", None))),
+                    kwargs=ensure_bytes(self.encode(getattr(request, "kwargs", None))),
+                    worker=getattr(request, "hostname", None),
+                    retries=getattr(request, "retries", None),
+                    queue=delivery_info.get("routing_key") if delivery_info else None,
+                )
+            stamps = getattr(request, "stamps", None)
+            stamped_headers = getattr(request, "stamped_headers", None) if stamps else None
+            # None: the upsert keeps stamps stored earlier.
+            row["stamps"] = ensure_bytes(self.encode({
+                "stamped_headers": stamped_headers,
+                "stamps": {h: v for h, v in stamps.items() if h in stamped_headers},
+            })) if stamped_headers else None
+        return row
+
+    def _update_result(self, task, result, state, traceback=None, request=None):
+        """Set ``task``'s columns as a store would (Celery's name for it)."""
+        for column, value in self._row(task.task_id, result, state, traceback, request).items():
+            setattr(task, column, value)
 
     def _get_task_meta_for(self, task_id):
         """Get task meta-data for a task by id."""
@@ -282,5 +326,20 @@ class DatabaseBackend(BaseBackend):
 
     def __reduce__(self, args=(), kwargs=None):
         kwargs = {} if not kwargs else kwargs
-        kwargs.update({"dburi": self.url, "expires": self.expires, "engine_options": self.engine_options})
+        kwargs.update({
+            "dburi": self.url,
+            "expires": self.expires,
+            "engine_options": self.engine_options,
+            # All that says where the results live and how they are encoded, so
+            # the copy reads and writes the same rows whichever app is current
+            # where it is unpickled; it creates no tables of its own at set-up.
+            "table_names": {"task": self.task_cls.table_name, "group": self.taskset_cls.table_name},
+            "table_schemas": {"task": self.task_cls.table_schema, "group": self.taskset_cls.table_schema},
+            "extended": bool(self.extended_result),
+            "short_lived_sessions": self.short_lived_sessions,
+            "create_tables_at_setup": False,
+            "serializer": self.serializer,
+            "accept": list(self.accept),
+            "reconnect_timeout": self.reconnect_timeout,
+        })
         return super().__reduce__(args, kwargs)
