@@ -114,8 +114,13 @@ class DatabaseBackend(BaseBackend):
     # -- retries: Celery's loop in base.py, our verdicts -----------------------
 
     def exception_safe_to_retry(self, exc):
-        """True for errors that the driver's code says are transient."""
-        return classify(self.dialect.errors, exc) is not None
+        """True for errors that the driver's code says are transient, except
+        a lost connection to a server that never answered: that is a wrong
+        URL, or a server not up yet, and waiting for it would only hide it."""
+        verdict = classify(self.dialect.errors, exc)
+        if verdict is None:
+            return False
+        return not verdict.disconnect or self.session_manager.has_answered(self.url)
 
     def on_backend_retryable_error(self, exc):
         """After a disconnect: drop the pool, and wait for the server to answer

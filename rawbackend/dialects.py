@@ -43,6 +43,7 @@ class Dialect:
     max_identifier: int  # longest identifier the server accepts
     database_param: str  # the connect keyword that names the database (or file)
     has_host: bool  # a server URL (user:password@host:port/db), or a file path
+    default_port: int | None  # the port when the URL names none
     connect: Callable[[dict], Any]  # open one connection from its parameters
     errors: ErrorRules
     param_types: dict[str, Callable[[str], Any]] = field(default_factory=dict)
@@ -64,6 +65,16 @@ class Dialect:
     def quote_identifier(self, name: str) -> str:
         return f"{self.quote}{name}{self.quote}"
 
+    def describe(self, params: dict[str, Any]) -> str:
+        """What ``params`` connect to, for error messages (never the password)."""
+        database = params.get(self.database_param)
+        if not self.has_host:
+            return f"the {self.name} database {database!r}"
+        host = params.get("host") or "localhost"
+        port = params.get("port") or self.default_port
+        return (f"the {self.name} server at {host}:{port} "
+                f"(database {database!r}, user {params.get('user')!r})")
+
     def typed(self, params: dict[str, Any]) -> dict[str, Any]:
         """Query-string values converted to what the driver's connect takes."""
         return {
@@ -81,7 +92,16 @@ def _connect_postgresql(params: dict) -> Any:
 def _connect_mysql(params: dict) -> Any:
     import pymysql
 
-    return pymysql.connect(autocommit=True, **params)
+    # PyMySQL bounds the TCP connect by connect_timeout, then waits for the
+    # server's greeting with read_timeout, None by default: a port that accepts
+    # and never answers would hang the connect forever. The handshake gets the
+    # connect timeout; the connection then reads with the timeout asked for
+    # (PyMySQL applies _read_timeout before each read).
+    read_timeout = params.get("read_timeout")
+    handshake = {**params, "read_timeout": read_timeout or params.get("connect_timeout", 10)}
+    conn = pymysql.connect(autocommit=True, **handshake)
+    conn._read_timeout = read_timeout
+    return conn
 
 
 def _connect_sqlite(params: dict) -> Any:
@@ -144,6 +164,7 @@ POSTGRESQL = Dialect(
     max_identifier=63,
     database_param="dbname",
     has_host=True,
+    default_port=5432,
     connect=_connect_postgresql,
     errors=ErrorRules(
         driver="psycopg",
@@ -154,6 +175,9 @@ POSTGRESQL = Dialect(
         codeless={"OperationalError": errcodes.DISCONNECT, "InterfaceError": errcodes.DISCONNECT},
     ),
     param_types={"prepare_threshold": _maybe_int},
+    # libpq waits for a server without end unless told: a wrong host must fail
+    # within seconds (the URL's ?connect_timeout= overrides it).
+    connect_defaults={"connect_timeout": 10},
     unprepare_codes=errcodes.POSTGRESQL_UNPREPARE,
     socket_of=_postgresql_socket,
 )
@@ -167,6 +191,7 @@ MYSQL = Dialect(
     max_identifier=64,
     database_param="database",
     has_host=True,
+    default_port=3306,
     connect=_connect_mysql,
     errors=ErrorRules(
         driver="pymysql",
@@ -196,6 +221,7 @@ SQLITE = Dialect(
     max_identifier=1024,
     database_param="database",
     has_host=False,
+    default_port=None,
     connect=_connect_sqlite,
     errors=ErrorRules(
         driver="sqlite3",

@@ -5,9 +5,20 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from celery.exceptions import BackendError
+
 from .errcodes import DISCONNECT, Verdict
 
-__all__ = ("ErrorRules", "Verdict", "classify")
+__all__ = ("ConnectFailed", "ErrorRules", "Verdict", "classify")
+
+
+class ConnectFailed(BackendError):
+    """A new connection could not be made; says to what, and why (the
+    driver's error is the cause). Classified as that error is."""
+
+    def __init__(self, message: str, verdict: Verdict | None):
+        super().__init__(message)
+        self.verdict = verdict
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,8 @@ class ErrorRules:
 
 def classify(rules: ErrorRules, exc: BaseException) -> Verdict | None:
     """The verdict on ``exc`` (None: not retryable, let it propagate)."""
+    if isinstance(exc, ConnectFailed):
+        return exc.verdict
     if isinstance(exc, ConnectionError):
         # An OSError from a socket the driver did not wrap.
         return DISCONNECT

@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any, Callable
 
 from .dialects import Dialect, replace_socket_with_devnull
+from .errors import ConnectFailed, classify
 
 __all__ = ("Pool", "PoolTimeout", "PooledConnection")
 
@@ -79,6 +80,8 @@ class Pool:
         # Called with a copy of the connect keywords before every new
         # connection, e.g. to put in a freshly minted password.
         self.connect_hooks: list[Callable[[dict], None]] = []
+        # Whether the server ever accepted a connection from this pool.
+        self.answered = False
         self._reset()
         _POOLS.add(self)
 
@@ -151,7 +154,15 @@ class Pool:
         params = dict(self.params)
         for hook in self.connect_hooks:
             hook(params)
-        return self.dialect.connect(params)
+        try:
+            conn = self.dialect.connect(params)
+        except Exception as exc:
+            raise ConnectFailed(
+                f"rawbackend: could not connect to {self.dialect.describe(params)}: {exc}",
+                classify(self.dialect.errors, exc),
+            ) from exc
+        self.answered = True
+        return conn
 
     def dispose(self) -> None:
         """Close every idle connection; those checked out are closed on return."""

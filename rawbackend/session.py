@@ -169,6 +169,7 @@ class SessionManager:
         self._engines: dict[str, Pool] = {}
         self._sessions: dict[str, Callable[[], Session]] = {}
         self._prepared: set = set()
+        self._answered: set[str] = set()  # URLs whose server answered once
         self._lock = threading.Lock()
         self.forked = False
         self.prepared = False
@@ -254,8 +255,16 @@ class SessionManager:
         self._sessions.pop(dburi, None)
         engine = self._engines.pop(dburi, None)
         if engine is not None:
+            if engine.answered:
+                self._answered.add(dburi)
             engine.dispose()
         self._prepared = {key for key in self._prepared if engine is None or key[0] != id(engine)}
+
+    def has_answered(self, dburi: str) -> bool:
+        """Whether a server ever accepted a connection for ``dburi`` in this
+        manager (in a forked child: in its parent too)."""
+        engine = self._engines.get(dburi)
+        return dburi in self._answered or (engine is not None and engine.answered)
 
     def wait_for_server(self, dburi: str, budget: float, **kwargs) -> bool:
         """Try to connect until the server answers or ``budget`` seconds pass.
