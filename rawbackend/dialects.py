@@ -216,6 +216,8 @@ SQLITE = Dialect(
         driver="sqlite3",
         code_of=lambda exc: (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF or None,
         codes=errcodes.SQLITE_CODES,
+        message_class="OperationalError",
+        messages=errcodes.SQLITE_MESSAGES,
     ),
     param_types={"timeout": float, "cached_statements": int, "uri": _truthy},
     encode_datetime=_sqlite_datetime,
