@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import errcodes
@@ -20,6 +20,19 @@ __all__ = ("Dialect", "DIALECTS", "POSTGRESQL", "MYSQL", "SQLITE")
 
 def _same(value):
     return value
+
+
+def naive_utc(value: datetime | None) -> datetime | None:
+    """``value`` as naive UTC, what every dialect stores in date_done.
+
+    Celery's ``app.now()`` is aware in the app's time zone: drivers write its
+    wall-clock time (PyMySQL, our SQLite format) or let the server shift it
+    to the session's time zone (psycopg sends timestamptz). A naive value is
+    taken as UTC already, as ``app.now()`` with enable_utc gives.
+    """
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def _maybe_int(value: Any) -> int | None:
@@ -50,8 +63,9 @@ class Dialect:
     connect_defaults: dict[str, Any] = field(default_factory=dict)
     # Codes that mean server-side prepared statements got lost (PgBouncer).
     unprepare_codes: frozenset = frozenset()
-    # How a datetime is written and read back, as the driver or SQLAlchemy does.
-    encode_datetime: Callable[[datetime | None], Any] = _same
+    # How a datetime is written (always as naive UTC first) and read back, as
+    # the driver or SQLAlchemy does.
+    encode_datetime: Callable[[datetime | None], Any] = naive_utc
     decode_datetime: Callable[[Any], datetime | None] = _same
     # The socket a connection owns, to be replaced in a forked child (pool.py).
     socket_of: Callable[[Any], int | None] = lambda conn: None
@@ -138,6 +152,7 @@ def _mysql_variant(conn) -> str | None:
 
 def _sqlite_datetime(value: datetime | None) -> str | None:
     # SQLAlchemy's SQLite DateTime storage format, which Celery's rows have.
+    value = naive_utc(value)
     return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
@@ -227,6 +242,8 @@ SQLITE = Dialect(
         driver="sqlite3",
         code_of=lambda exc: (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF or None,
         codes=errcodes.SQLITE_CODES,
+        message_class="OperationalError",
+        messages=errcodes.SQLITE_MESSAGES,
     ),
     param_types={"timeout": float, "cached_statements": int, "uri": _truthy},
     encode_datetime=_sqlite_datetime,

@@ -65,3 +65,12 @@ SQLITE_CODES: dict[int, Verdict] = {
     5: TRANSIENT,  # SQLITE_BUSY: another connection holds the lock
     6: TRANSIENT,  # SQLITE_LOCKED: a conflict within one shared cache
 }
+
+# SQLite's documented messages (sqlite3_errstr, https://www.sqlite.org/rescode.html)
+# for the same conditions, matched case-insensitively on the start of a codeless
+# sqlite3.OperationalError: before Python 3.11 sqlite3 attaches no code at all.
+SQLITE_MESSAGES: dict[str, Verdict] = {
+    "database is locked": TRANSIENT,  # SQLITE_BUSY
+    "database table is locked": TRANSIENT,  # SQLITE_LOCKED (also "...: <table>")
+    "database schema is locked": TRANSIENT,  # SQLITE_LOCKED, shared cache ("...: main")
+}

@@ -33,6 +33,18 @@ class ErrorRules:
     # Exceptions that carry no code, by class name in the driver module: a
     # connection closed under us, a socket that died.
     codeless: dict[str, Verdict] = field(default_factory=dict)
+    # Codeless exceptions of this class (by name in the driver module) told
+    # apart by the start of their message, lowercase -> Verdict: the driver's
+    # documented texts only, never a guess on an arbitrary exception.
+    message_class: str = ""
+    messages: dict[str, Verdict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.messages and not self.message_class:
+            raise ValueError(f"ErrorRules({self.driver}): messages need the message_class they apply to")
+        for start in self.messages:
+            if start != start.lower():
+                raise ValueError(f"ErrorRules({self.driver}): message {start!r} must be lowercase")
 
     def verdict(self, exc: BaseException) -> Verdict | None:
         code = self.code_of(exc)
@@ -42,6 +54,11 @@ class ErrorRules:
                 found = self.classes.get(str(code)[: self.class_width])
             return found
         module = importlib.import_module(self.driver)
+        if self.messages and isinstance(exc, getattr(module, self.message_class)):
+            message = str(exc).lower()
+            for start, found in self.messages.items():
+                if message.startswith(start):
+                    return found
         for name, found in self.codeless.items():
             if isinstance(exc, getattr(module, name)):
                 return found

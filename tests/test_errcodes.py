@@ -106,3 +106,133 @@ def test_real_sqlite_busy_is_classified(tmp_path):
     holder.execute("ROLLBACK")
     holder.close()
     other.close()
+
+
+# -- SQLite errors without a code: Python 3.10 attaches none ----------------------
+
+SQLITE_MESSAGES_PINNED = {
+    "database is locked": TRANSIENT,
+    "database table is locked": TRANSIENT,
+    "database schema is locked": TRANSIENT,
+}
+
+
+def codeless(exc: sqlite3.Error) -> sqlite3.Error:
+    """``exc`` as Python 3.10 raises it: without sqlite_errorcode/sqlite_errorname."""
+    for name in ("sqlite_errorcode", "sqlite_errorname"):
+        if hasattr(exc, name):
+            delattr(exc, name)
+    assert not hasattr(exc, "sqlite_errorcode")
+    return exc
+
+
+def test_sqlite_message_table_is_pinned():
+    assert errcodes.SQLITE_MESSAGES == SQLITE_MESSAGES_PINNED
+
+
+@pytest.mark.parametrize("message", [
+    "database is locked",
+    "Database is locked",  # case-insensitive
+    "database table is locked",
+    "database table is locked: celery_taskmeta",  # vdbe.c names the table
+    "database schema is locked: main",  # prepare.c names the schema
+])
+def test_sqlite_codeless_lock_messages_are_transient(message):
+    exc = sqlite3.OperationalError(message)
+    assert not hasattr(exc, "sqlite_errorcode")  # built as 3.10 raises it
+    assert classify(SQLITE.errors, exc) == TRANSIENT
+
+
+@pytest.mark.parametrize("exc", [
+    sqlite3.OperationalError("no such table: celery_taskmeta"),
+    sqlite3.OperationalError("disk I/O error"),
+    sqlite3.OperationalError("the database is locked, maybe"),  # not the documented start
+    sqlite3.OperationalError(""),
+    sqlite3.OperationalError(),
+    sqlite3.IntegrityError("database is locked"),  # not the class SQLite's lock errors come as
+    RuntimeError("database is locked"),  # not a driver exception
+    psycopg.OperationalError("database is locked"),
+], ids=repr)
+def test_sqlite_other_codeless_errors_are_not_retried(exc):
+    assert classify(SQLITE.errors, exc) is None
+
+
+def test_sqlite_code_wins_over_message():
+    """With a code (Python 3.11+), the message is never looked at."""
+    assert classify(SQLITE.errors, sqlite_error(1)) is None  # says "database is locked"
+
+
+def test_message_rules_must_name_their_class_and_be_lowercase():
+    from rawbackend.errors import ErrorRules
+
+    with pytest.raises(ValueError, match="message_class"):
+        ErrorRules(driver="sqlite3", code_of=lambda exc: None, codes={},
+                   messages={"database is locked": TRANSIENT})
+    with pytest.raises(ValueError, match="'Database is locked' must be lowercase"):
+        ErrorRules(driver="sqlite3", code_of=lambda exc: None, codes={},
+                   message_class="OperationalError", messages={"Database is locked": TRANSIENT})
+
+
+def test_real_sqlite_busy_without_code_is_classified(tmp_path):
+    """A real 'database is locked', stripped of its code as on Python 3.10."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    with pytest.raises(sqlite3.OperationalError, match="locked") as info:
+        other.execute("SELECT * FROM t")
+    assert classify(SQLITE.errors, codeless(info.value)) == TRANSIENT
+    holder.execute("ROLLBACK")
+    holder.close()
+    other.close()
+
+
+def test_store_result_retries_a_codeless_database_is_locked(sqlite_db):
+    """store_result hits a real 'database is locked' without a code; the
+    backend calls it safe to retry, Celery's loop in base.py runs it again
+    once the other connection's lock is gone, and the result is stored."""
+    import dataclasses
+
+    from celery import states
+
+    path = sqlite_db.url[len("sqlite:///"):]
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    errors: list[str] = []
+
+    class CodelessCursor(sqlite3.Cursor):
+        """sqlite3 as on Python 3.10: errors carry no code. The first lock
+        error also lets the lock go, so the backend's retry stores the result."""
+
+        def execute(self, *args):
+            try:
+                return super().execute(*args)
+            except sqlite3.OperationalError as exc:
+                errors.append(str(codeless(exc)))
+                if holder.in_transaction:
+                    holder.execute("ROLLBACK")
+                raise
+
+    class CodelessConnection(sqlite3.Connection):
+        def cursor(self, factory=CodelessCursor):
+            return super().cursor(factory)
+
+    app = dataclasses.replace(sqlite_db, url=sqlite_db.url + "?timeout=0").app(
+        database_engine_options={"connect_args": {"factory": CodelessConnection}},
+        result_backend_base_sleep_between_retries_ms=1,
+    )
+    backend = app.backend
+    try:
+        backend.store_result("before", 1, states.SUCCESS)  # tables made, a connection pooled
+        holder.execute("BEGIN EXCLUSIVE")
+        backend.store_result("while-locked", 42, states.SUCCESS)
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+
+    assert errors == ["database is locked"]  # one real, codeless failure, then the retry
+    assert sqlite_db.query("SELECT task_id, status FROM celery_taskmeta WHERE task_id = 'while-locked'") == [
+        ("while-locked", states.SUCCESS)
+    ]
+    assert backend.get_task_meta("while-locked", cache=False)["result"] == 42
