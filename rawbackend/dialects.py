@@ -60,6 +60,10 @@ class Dialect:
     # The folder under sql/ whose statements replace this dialect's own on the
     # server behind a connection, or None (MariaDB answers mysql:// URLs).
     variant_of: Callable[[Any], str | None] = lambda conn: None
+    # The bytes a statement with its parameters takes on the wire, to compare
+    # with the server's max_statement (read only where there is one): exact
+    # when it comes near ``limit``, a cheap upper bound below that.
+    statement_size: Callable[[str, dict, int], int] = lambda sql, params, limit: 0
 
     def quote_identifier(self, name: str) -> str:
         return f"{self.quote}{name}{self.quote}"
@@ -114,6 +118,32 @@ def _mysql_variant(conn) -> str | None:
     if match and (int(match[1]), int(match[2])) >= (10, 3):
         return "mariadb"
     return None
+
+
+# What PyMySQL's literals escape with a backslash: one byte becomes two.
+_MYSQL_ESCAPED = tuple(chr(c) for c in b"\0\n\r\x1a'\"\\")
+_MYSQL_ESCAPED_BYTES = tuple(c.encode("latin-1") for c in _MYSQL_ESCAPED)
+_MYSQL_LITERAL = len("_binary''")  # around a bytes value; a string has just the quotes
+_MYSQL_OTHER = 32  # NULL, a number, a quoted datetime: at most this many bytes
+
+
+def _mysql_statement_size(sql: str, params: dict, limit: int) -> int:
+    # PyMySQL sends one COM_QUERY: a command byte, then the statement text
+    # with every value quoted into it (placeholders counted too: a few bytes over).
+    values = [v for v in params.values() if isinstance(v, (str, bytes))]
+    raw = sum(len(v) for v in values)
+    size = 1 + len(sql) + len(params) * max(_MYSQL_LITERAL, _MYSQL_OTHER)
+    if size + 4 * raw <= limit:  # UTF-8 or escapes: never more than 4 bytes for one
+        return size + 4 * raw
+    for value in values:
+        if isinstance(value, str):
+            size += len(value.encode("utf-8", "surrogatepass"))
+            escaped = _MYSQL_ESCAPED
+        else:
+            size += len(value)
+            escaped = _MYSQL_ESCAPED_BYTES
+        size += sum(value.count(c) for c in escaped)
+    return size
 
 
 def _sqlite_datetime(value: datetime | None) -> str | None:
@@ -185,6 +215,7 @@ MYSQL = Dialect(
     connect_defaults={"charset": "utf8mb4", "binary_prefix": True},
     socket_of=_mysql_socket,
     variant_of=_mysql_variant,
+    statement_size=_mysql_statement_size,
 )
 
 SQLITE = Dialect(
