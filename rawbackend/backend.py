@@ -13,7 +13,7 @@ from celery.utils.imports import symbol_by_name
 from celery.utils.time import maybe_timedelta
 from kombu.utils.encoding import ensure_bytes
 
-from .errors import classify
+from .errors import ValueTooLarge, classify
 from .models import Task, TaskExtended, TaskSet, Tables
 from .session import Session, SessionManager
 from .url import parse_url, strip_prefix
@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 TASK_ID_MAX = 155  # VARCHAR(155), in Celery's tables
 CLEANUP_BATCH = 5000  # rows per DELETE: short locks, so stores never wait long
 DEFAULT_RECONNECT_TIMEOUT = 30.0  # seconds to wait for a server to come back
+# Columns a store may leave out (NULL) when a value does not fit, with a
+# warning; a result or traceback that does not fit is an error instead.
+LEFT_OUT_IF_TOO_LARGE = frozenset({"children", "name", "args", "kwargs", "worker", "queue", "stamps"})
+WIDEN_LATER = "run `rawbackend migrate` (next release)"
 
 
 def _encodes(text: str) -> bool:
@@ -178,8 +182,51 @@ class DatabaseBackend(BaseBackend):
             traceback = traceback.encode("utf-8", "backslashreplace").decode("utf-8")
         row = self._row(task_id, result, state, traceback, request)
         row["date_done"] = self.dialect.encode_datetime(row["date_done"])
-        with self.ResultSession() as session:
-            session.execute(self.tables.sql[self._store_statement], row)
+        with self.ResultSession() as session:  # the tables' capacities are known from here
+            sql = self.tables.sql[self._store_statement]
+            self._fit(task_id, row, sql, self.tables.task_capacity, "task")
+            session.execute(sql, row)
+
+    def _fit(self, task_id, row, sql, capacity, kind):
+        """Make ``row`` fit its table before the one statement is sent: an
+        extended value too large for its column is left out, with a warning;
+        a result or traceback too large, or a row larger than the server takes
+        in one statement, raises ``ValueTooLarge``. Only columns with a limit
+        are looked at (none on rawbackend's own MySQL tables but VARCHARs)."""
+        tables = self.tables
+        for column, cap in capacity.items():
+            value = row.get(column)
+            if value is None:
+                continue
+            size = cap.excess(value)
+            if size is None:
+                continue
+            table = tables.task_table if kind == "task" else tables.group_table
+            widen = tables.sql.get(f"widen_{kind}_column_{column}")
+            widen = f"widen it: {widen.rstrip(';')}" if widen else WIDEN_LATER
+            if column in LEFT_OUT_IF_TOO_LARGE and kind == "task":
+                logger.warning(
+                    "rawbackend: task %s: %s is %d %s, more than column %s.%s holds (%d %s); "
+                    "stored as NULL (state and result are stored). To keep such values, %s",
+                    task_id, column, size, cap.unit, table, column, cap.limit, cap.unit, widen,
+                )
+                row[column] = None
+                continue
+            raise ValueTooLarge(
+                f"rawbackend: {kind} {task_id}: {column} is {size} {cap.unit}, more than column "
+                f"{table}.{column} holds ({cap.limit} {cap.unit}); nothing was stored. "
+                f"To store such values, {widen}"
+            )
+        limit = tables.max_statement
+        if limit is not None:
+            size = self.dialect.statement_size(sql, row, limit)
+            if size > limit:
+                raise ValueTooLarge(
+                    f"rawbackend: {kind} {task_id}: the row is {size} bytes as one statement, "
+                    f"more than the {limit} bytes the server takes "
+                    f"({tables.max_statement_setting}); nothing was stored. Raise "
+                    f"{tables.max_statement_setting} on the server to store such values"
+                )
 
     def _row(self, task_id, result, state, traceback=None, request=None) -> dict:
         """The columns a store writes, as Celery's ``_get_result_meta`` and
@@ -290,7 +337,9 @@ class DatabaseBackend(BaseBackend):
             "date_done": self.dialect.encode_datetime(datetime.now(timezone.utc)),
         }
         with self.ResultSession() as session:
-            session.execute(self.tables.sql["save_group"], params)
+            sql = self.tables.sql["save_group"]
+            self._fit(group_id, params, sql, self.tables.group_capacity, "group")
+            session.execute(sql, params)
         return result
 
     def _restore_group(self, group_id):

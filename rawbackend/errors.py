@@ -1,4 +1,5 @@
-"""Classify driver errors: is it worth trying again, must the connection go?"""
+"""Classify driver errors: is it worth trying again, must the connection go?
+And the error for a value the database can't hold."""
 from __future__ import annotations
 
 import importlib
@@ -6,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from celery.exceptions import BackendError
+from kombu.exceptions import EncodeError
 
 from .errcodes import DISCONNECT, Verdict
 
-__all__ = ("ConnectFailed", "ErrorRules", "Verdict", "classify")
+__all__ = ("ConnectFailed", "ErrorRules", "Verdict", "ValueTooLarge", "classify")
 
 
 class ConnectFailed(BackendError):
@@ -19,6 +21,18 @@ class ConnectFailed(BackendError):
     def __init__(self, message: str, verdict: Verdict | None):
         super().__init__(message)
         self.verdict = verdict
+
+
+class ValueTooLarge(EncodeError, ValueError):
+    """A result or traceback larger than its column, or a row larger than the
+    server takes in one statement: nothing was written.
+
+    A ``ValueError`` (the value is wrong, not the database: never retried),
+    and kombu's ``EncodeError``: Celery's worker (``celery/app/trace.py``)
+    handles an ``EncodeError`` from ``mark_as_done`` as the task's failure
+    and stores it with this message, as it does a result its serializer
+    can't encode, instead of reporting an internal error.
+    """
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from celery import states
 from celery.exceptions import ImproperlyConfigured
@@ -12,7 +12,7 @@ from celery.exceptions import ImproperlyConfigured
 from .dialects import Dialect
 from .loader import load_dialect
 
-__all__ = ("Task", "TaskExtended", "TaskSet", "Tables")
+__all__ = ("Task", "TaskExtended", "TaskSet", "Tables", "Capacity")
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -122,12 +122,27 @@ class TaskSet(_Model):
         return f"<TaskSet: {self.taskset_id}>"
 
 
+class Capacity(NamedTuple):
+    """What a column holds, as the server says: ``limit`` characters or bytes."""
+
+    limit: int
+    unit: str  # "characters" (VARCHAR) or "bytes" (BLOB, TEXT)
+
+    def excess(self, value: str | bytes) -> int | None:
+        """``value``'s size in ``unit`` when it is more than the column holds, else None."""
+        size = len(value)
+        if self.unit == "bytes" and isinstance(value, str) and size * 4 > self.limit:
+            # Up to 4 bytes a character in UTF-8: encode only when it may matter.
+            size = len(value.encode("utf-8", "surrogatepass"))
+        return size if size > self.limit else None
+
+
 SLOT_KINDS = ("table", "table_name", "index", "index_name", "sequence", "sequence_name")
 KNOWN_SLOTS = frozenset(f"{prefix}_{kind}" for prefix in ("task", "group") for kind in SLOT_KINDS)
 REQUIRED = frozenset({
     "store_result", "store_result_extended", "get_task_meta", "get_task_meta_extended",
     "task_result_exists", "forget", "delete_expired_tasks", "save_group", "restore_group",
-    "delete_group", "delete_expired_groups", "table_columns",
+    "delete_group", "delete_expired_groups", "table_columns", "max_statement",
 })
 # Columns older Celery versions lack, added at set-up when missing.
 MIGRATED_COLUMNS = ("children", "name", "args", "kwargs", "worker", "retries", "queue", "stamps")
@@ -147,12 +162,34 @@ class Tables:
         self._filled = {**self._slots("task", task_cls), **self._slots("group", taskset_cls)}
         self.variant: str | None = None
         self.sql: dict[str, str] = self._render(None)
+        # Read from the server by create(): the columns with a limit, and the
+        # largest statement it takes (None: no limit).
+        self.task_capacity: dict[str, Capacity] = {}
+        self.group_capacity: dict[str, Capacity] = {}
+        self.max_statement: int | None = None
+        self.max_statement_setting: str | None = None
+
+    @property
+    def task_table(self) -> str:
+        """The task table's name as it appears in SQL (quoted, with its schema)."""
+        return self._filled["task_table"]
+
+    @property
+    def group_table(self) -> str:
+        return self._filled["group_table"]
 
     def _render(self, variant: str | None) -> dict[str, str]:
         dialect = self.dialect
         statements = dict(load_dialect(dialect.name, dialect.paramstyle, KNOWN_SLOTS, REQUIRED))
         if variant is not None:
-            statements.update(load_dialect(variant, dialect.paramstyle, KNOWN_SLOTS, frozenset()))
+            # The variant's statements first, in its files' order, then the
+            # dialect's own it does not replace: where order matters (CREATE
+            # SEQUENCE before the table that draws from it, so that a process
+            # that sees the tables can use them), the variant's order holds.
+            own = statements
+            statements = dict(load_dialect(variant, dialect.paramstyle, KNOWN_SLOTS, frozenset()))
+            for name, statement in own.items():
+                statements.setdefault(name, statement)
         return {name: st.render(self._filled) for name, st in statements.items()}
 
     def use_variant(self, variant: str | None) -> None:
@@ -184,26 +221,48 @@ class Tables:
             f"{prefix}_sequence": f"'{sequence}'",
         }
 
-    def columns(self, session, model: type[_Model]) -> set[str]:
+    def columns(self, session, model: type[_Model]) -> dict[str, Capacity | None]:
+        """The table's columns, each with what it holds (None: no limit)."""
         rows = session.fetch_all(
             self.sql["table_columns"], {"schema": model.table_schema, "table": model.table_name}
         )
-        return {row["name"] for row in rows}
+        return {row["name"]: _capacity(row) for row in rows}
 
     def create(self, session) -> None:
-        """Create what is missing: tables, indexes and sequences, or new columns."""
+        """Create what is missing: tables, indexes and sequences, or new columns;
+        then read what the columns and the server hold."""
         # Known once connected: MariaDB behind a mysql:// URL has Celery's tables
         # of its own shape (ids from sequences).
         self.use_variant(self.dialect.variant_of(session.connection()))
         task_columns = self.columns(session, self.task_cls)
-        if not task_columns or not self.columns(session, self.taskset_cls):
+        group_columns = self.columns(session, self.taskset_cls)
+        changed = False
+        if not task_columns or not group_columns:
             for name, sql in self.sql.items():
                 if name.startswith("create_"):
                     session.execute(sql)
-            if not task_columns:
-                return  # made just now, with every column
+            changed = True
             # An old task table next to a missing group table: the group
             # table is made above, and the task table still needs its columns.
-        for column in MIGRATED_COLUMNS:
+        for column in MIGRATED_COLUMNS if task_columns else ():
             if column not in task_columns:
                 session.execute(self.sql[f"add_task_column_{column}"])
+                changed = True
+        if changed:
+            # Read back, not assumed: another process (Celery's backend) may
+            # have made the tables first, with its smaller columns.
+            task_columns = self.columns(session, self.task_cls)
+            group_columns = self.columns(session, self.taskset_cls)
+        limit = session.fetch_one(self.sql["max_statement"]) or {}
+        self.task_capacity = {k: v for k, v in task_columns.items() if v is not None}
+        self.group_capacity = {k: v for k, v in group_columns.items() if v is not None}
+        self.max_statement = None if limit.get("max_bytes") is None else int(limit["max_bytes"])
+        self.max_statement_setting = limit.get("setting")
+
+
+def _capacity(row: dict) -> Capacity | None:
+    if row.get("max_chars") is not None:
+        return Capacity(int(row["max_chars"]), "characters")
+    if row.get("max_bytes") is not None:
+        return Capacity(int(row["max_bytes"]), "bytes")
+    return None

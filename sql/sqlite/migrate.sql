@@ -2,8 +2,14 @@
 -- as Celery 5.7.0 does at set-up.
 
 -- name: table_columns
--- The names of the columns a table has now (none if it is missing).
-SELECT name FROM pragma_table_info(:table);
+-- The columns a table has now (none if it is missing), with what each holds (NULL: no limit).
+-- why: SQLite stores a value of any length whatever the declared type says.
+SELECT name, NULL AS max_chars, NULL AS max_bytes FROM pragma_table_info(:table);
+
+-- name: max_statement
+-- The largest statement SQLite takes, in bytes (NULL: no limit).
+-- why: parameters are bound apart from the statement (SQLITE_MAX_LENGTH, 1 GB, each).
+SELECT NULL AS max_bytes, NULL AS setting;
 
 -- name: add_task_column_children
 -- Add the children column.
