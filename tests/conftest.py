@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -124,6 +125,21 @@ class Database:
             return list(cur.fetchall()) if cur.description else []
         finally:
             conn.close()
+
+
+@contextmanager
+def mysql_account(db: Database):
+    """(user, password): a MariaDB user with a password and every right on the
+    test's database (root has no password here), dropped after."""
+    user, password = f"rb_{uuid.uuid4().hex[:8]}", "Pw-" + uuid.uuid4().hex
+    database = db.url.rsplit("/", 1)[1]
+    for host in ("%", "localhost"):
+        db.query(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}'")
+        db.query(f"GRANT ALL ON `{database}`.* TO '{user}'@'{host}'")
+    try:
+        yield user, password
+    finally:
+        db.query(f"DROP USER IF EXISTS '{user}'@'%', '{user}'@'localhost'")
 
 
 def _drop(db: Database) -> None:

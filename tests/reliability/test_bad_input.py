@@ -19,6 +19,7 @@ import pytest
 from celery import Celery, states
 from celery.exceptions import ImproperlyConfigured
 
+from conftest import mysql_account
 from rawbackend.errors import ConnectFailed
 
 CONNECT_TIMEOUT = 2  # seconds, given in the URLs below
@@ -200,14 +201,8 @@ def test_mysql_database_that_does_not_exist(mysql_db):
 
 @pytest.fixture
 def mysql_user(mysql_db):
-    """A MariaDB user with a password (root has none here), dropped after."""
-    name, password = f"rb_{uuid.uuid4().hex[:8]}", "Pw-" + uuid.uuid4().hex
-    mysql_db.query(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")
-    mysql_db.query(f"CREATE USER '{name}'@'localhost' IDENTIFIED BY '{password}'")
-    try:
-        yield name, password
-    finally:
-        mysql_db.query(f"DROP USER IF EXISTS '{name}'@'%', '{name}'@'localhost'")
+    with mysql_account(mysql_db) as account:
+        yield account
 
 
 def test_mysql_wrong_password(mysql_user):

@@ -15,7 +15,7 @@ import pytest
 from celery import Celery, states
 from celery.result import GroupResult
 
-from conftest import raw_connect
+from conftest import mysql_account, raw_connect
 
 PID_SQL = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 KILL_SQL = {"postgresql": "SELECT pg_terminate_backend(%s)", "mysql": "KILL %s"}
@@ -51,25 +51,17 @@ def all_logs():
 def account(server_db):
     """(user, password) on the test's server; MariaDB checks it, PostgreSQL
     here trusts loopback connections (the password still travels in the URL)."""
-    password = "Pw-" + uuid.uuid4().hex
     if server_db.dialect == "postgresql":
-        yield "postgres", password
+        yield "postgres", "Pw-" + uuid.uuid4().hex
         return
-    user = f"rb_{uuid.uuid4().hex[:8]}"
-    database = server_db.url.rsplit("/", 1)[1]
-    for host in ("%", "localhost"):
-        server_db.query(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}'")
-        server_db.query(f"GRANT ALL ON `{database}`.* TO '{user}'@'{host}'")
-    try:
-        yield user, password
-    finally:
-        server_db.query(f"DROP USER IF EXISTS '{user}'@'%', '{user}'@'localhost'")
+    with mysql_account(server_db) as account:
+        yield account
 
 
-def with_account(db, user: str, password: str, host_port: str | None = None) -> str:
+def with_account(db, user: str, password: str) -> str:
     scheme, rest = db.url.split("://", 1)
     location, database = rest.split("@", 1)[1].split("/", 1)
-    return f"rawdb+{scheme}://{user}:{password}@{host_port or location}/{database}"
+    return f"rawdb+{scheme}://{user}:{password}@{location}/{database}"
 
 
 def kill_backend_connections(db, backend) -> None:
