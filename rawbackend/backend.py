@@ -236,19 +236,20 @@ class DatabaseBackend(BaseBackend):
     def _get_task_meta_for(self, task_id):
         """Get task meta-data for a task by id."""
         with self.ResultSession() as session:
-            task = self._query_task(session, task_id)
-        return self._meta_from_task(task_id, task)
+            row = session.fetch_one(self.tables.sql[self._get_statement], {"task_id": task_id})
+        return self._meta_from_row(task_id, row)
 
-    def _meta_from_row(self, row: dict) -> dict:
-        """A fetched row as the meta that ``get_task_meta`` gives for it."""
-        return self._meta_from_task(row["task_id"], self._task_from_row(row))
-
-    def _meta_from_task(self, task_id, task: Task | None) -> dict:
-        if task is None:
-            task = self.task_cls(task_id)
-            task.status = states.PENDING
-            task.result = None
-        data = task.to_dict()
+    def _meta_from_row(self, task_id, row: dict | None) -> dict:
+        """A task's row (None: there is none, PENDING) as its meta: the one
+        decoding that get_task_meta and get_many share."""
+        if row is None:
+            data = self.task_cls(task_id).to_dict()  # PENDING, no result
+        else:
+            # The row holds the model's columns (its to_dict) and the id; no
+            # model is built only to be taken apart again.
+            del row["id"]
+            row["date_done"] = self.dialect.decode_datetime(row["date_done"])
+            data = row
         data["result"] = self._decode_stored_result(data["result"])
         for field in ("args", "kwargs", "children"):
             if data.get(field) is not None:
@@ -376,7 +377,7 @@ class DatabaseBackend(BaseBackend):
                 # Not-ready rows are not decoded. A row whose id was not asked
                 # for (MySQL compares ids without case) is left out.
                 if row["status"] in ready_states and row["task_id"] in task_ids:
-                    found[row["task_id"]] = self._meta_from_row(row)
+                    found[row["task_id"]] = self._meta_from_row(row["task_id"], row)
         return found
 
     def _get_many_rows(self, task_ids: list[str]) -> list[dict]:
