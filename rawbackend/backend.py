@@ -3,20 +3,23 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 from celery import states
 from celery.backends.base import BaseBackend
-from celery.exceptions import ImproperlyConfigured
+from celery.exceptions import BackendGetMetaError, ImproperlyConfigured, TimeoutError
 from celery.result import result_from_tuple
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import maybe_timedelta
-from kombu.utils.encoding import ensure_bytes
+from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
 from .errors import ValueTooLarge, classify
 from .models import Task, TaskExtended, TaskSet, Tables
 from .session import Session, SessionManager
 from .url import parse_url, strip_prefix
+from .waiting import pauses
 
 __all__ = ("DatabaseBackend",)
 
@@ -29,6 +32,9 @@ DEFAULT_RECONNECT_TIMEOUT = 30.0  # seconds to wait for a server to come back
 # warning; a result or traceback that does not fit is an error instead.
 LEFT_OUT_IF_TOO_LARGE = frozenset({"children", "name", "args", "kwargs", "worker", "queue", "stamps"})
 WIDEN_LATER = "run `rawbackend migrate` (next release)"
+# Ids per statement of a native join's poll: bounded statements and result
+# sets (each driver passes the ids as one parameter, so no parameter limit).
+GET_MANY_CHUNK = 1000
 
 
 def _encodes(text: str) -> bool:
@@ -45,6 +51,9 @@ class DatabaseBackend(BaseBackend):
 
     # ResultSet.iterate sleeps this much between polls.
     subpolling_interval = 0.5
+    # ResultSet.join_native and GroupResult.get use get_many: one statement
+    # per poll for every pending id, instead of one per task.
+    supports_native_join = True
 
     task_cls = Task
     taskset_cls = TaskSet
@@ -92,6 +101,7 @@ class DatabaseBackend(BaseBackend):
         # the statements once the first connection is made.
         self._store_statement = "store_result_extended" if self.extended_result else "store_result"
         self._get_statement = "get_task_meta_extended" if self.extended_result else "get_task_meta"
+        self._get_many_statement = "get_many_extended" if self.extended_result else "get_many"
         self._extended_columns = issubclass(self.task_cls, TaskExtended)
 
         engine_callback = kwargs.get("engine_callback", conf.database_engine_callback)
@@ -158,8 +168,9 @@ class DatabaseBackend(BaseBackend):
         """The task's row as a model, or None. ``for_update`` is accepted for
         Celery's signature: stores are one upsert here and lock nothing first."""
         row = session.fetch_one(self.tables.sql[self._get_statement], {"task_id": task_id})
-        if row is None:
-            return None
+        return None if row is None else self._task_from_row(row)
+
+    def _task_from_row(self, row: dict) -> Task:
         row["date_done"] = self.dialect.decode_datetime(row["date_done"])
         return self.task_cls(**row)
 
@@ -272,12 +283,20 @@ class DatabaseBackend(BaseBackend):
     def _get_task_meta_for(self, task_id):
         """Get task meta-data for a task by id."""
         with self.ResultSession() as session:
-            task = self._query_task(session, task_id)
-        if task is None:
-            task = self.task_cls(task_id)
-            task.status = states.PENDING
-            task.result = None
-        data = task.to_dict()
+            row = session.fetch_one(self.tables.sql[self._get_statement], {"task_id": task_id})
+        return self._meta_from_row(task_id, row)
+
+    def _meta_from_row(self, task_id, row: dict | None) -> dict:
+        """A task's row (None: there is none, PENDING) as its meta: the one
+        decoding that get_task_meta and get_many share."""
+        if row is None:
+            data = self.task_cls(task_id).to_dict()  # PENDING, no result
+        else:
+            # The row holds the model's columns (its to_dict) and the id; no
+            # model is built only to be taken apart again.
+            del row["id"]
+            row["date_done"] = self.dialect.decode_datetime(row["date_done"])
+            data = row
         data["result"] = self._decode_stored_result(data["result"])
         for field in ("args", "kwargs", "children"):
             if data.get(field) is not None:
@@ -312,6 +331,115 @@ class DatabaseBackend(BaseBackend):
                 exc_info=True,
             )
             return pickle.loads(payload)
+
+    # -- waiting for results -------------------------------------------------
+
+    def wait_for(self, task_id, timeout=None, interval=0.5, no_ack=True, on_interval=None):
+        """Wait for a task and return its meta (``AsyncResult.get()`` comes here).
+
+        As Celery's ``SyncBackendMixin.wait_for``, but the first re-check comes
+        after a few milliseconds and the pauses grow up to ``interval``
+        (``waiting.pauses``), so a quick task is seen as soon as it is stored.
+
+        Raises:
+            celery.exceptions.TimeoutError: not ready within ``timeout`` seconds.
+        """
+        self._ensure_not_eager()
+        schedule = pauses(interval, timeout)
+        while True:
+            meta = self.get_task_meta(task_id)
+            if meta["status"] in states.READY_STATES:
+                return meta
+            if on_interval:
+                on_interval()
+            pause = next(schedule, None)
+            if pause is None:
+                raise TimeoutError("The operation timed out.")
+            self._wait_for_change((task_id,), pause)
+
+    def get_many(self, task_ids, timeout=None, interval=0.5, no_ack=True,
+                 on_message=None, on_interval=None, max_iterations=None,
+                 READY_STATES=states.READY_STATES):
+        """Yield ``(task_id, meta)`` for each of ``task_ids`` as it becomes ready.
+
+        The native join, with the semantics of Celery's key-value backends:
+        ready results in the result cache come first, without a query; then
+        each poll fetches every pending id in one statement (per
+        ``GET_MANY_CHUNK`` ids), caches and yields the ready ones (calling
+        ``on_message`` with each meta), and waits as ``wait_for`` does
+        (calling ``on_interval`` before each wait). Missing ids are PENDING
+        and not yielded. Stops after ``max_iterations`` waits.
+
+        Raises:
+            celery.exceptions.TimeoutError: not all ready within ``timeout`` seconds.
+        """
+        ids = set()
+        for task_id in task_ids:
+            task_id = bytes_to_str(task_id)
+            if not isinstance(task_id, str):
+                raise TypeError(f"rawbackend: get_many: task id {task_id!r:.60} is not a string")
+            ids.add(task_id)  # a set of our own: the caller's is left alone
+        schedule = pauses(interval, timeout)
+        cache = self._cache
+        for task_id in list(ids):
+            cached = cache.get(task_id)
+            if cached is not None and cached["status"] in READY_STATES:
+                ids.discard(task_id)
+                yield task_id, cached
+        iterations = 0
+        while ids:
+            found = self._ready_metas(ids, READY_STATES)
+            cache.update(found)
+            ids.difference_update(found)
+            for task_id, meta in found.items():
+                if on_message is not None:
+                    on_message(meta)
+                yield task_id, meta
+            if not ids:
+                break
+            pause = next(schedule, None)
+            if pause is None:
+                raise TimeoutError(f"Operation timed out ({timeout})")
+            if on_interval:
+                on_interval()
+            self._wait_for_change(ids, pause)
+            iterations += 1
+            if max_iterations and iterations >= max_iterations:
+                break
+
+    def _ready_metas(self, task_ids, ready_states) -> dict:
+        """One poll: the metas of those of ``task_ids`` that are ready. Each
+        statement is retried as ``get_task_meta`` is, so a server restart
+        during a join is ridden out."""
+        pending = list(task_ids)
+        found = {}
+        for start in range(0, len(pending), GET_MANY_CHUNK):
+            chunk = pending[start:start + GET_MANY_CHUNK]
+            rows = self._ensure_retryable(
+                self._get_many_rows, chunk,
+                fallback_exc=partial(BackendGetMetaError, task_id=chunk[0]),
+                fallback_msg=f"failed to get the meta of {len(chunk)} tasks",
+            )
+            for row in rows:
+                # Not-ready rows are not decoded. A row whose id was not asked
+                # for (MySQL compares ids without case) is left out.
+                if row["status"] in ready_states and row["task_id"] in task_ids:
+                    found[row["task_id"]] = self._meta_from_row(row["task_id"], row)
+        return found
+
+    def _get_many_rows(self, task_ids: list[str]) -> list[dict]:
+        params = {"task_ids": self.dialect.encode_ids(task_ids)}
+        with self.ResultSession() as session:
+            return session.fetch_all(self.tables.sql[self._get_many_statement], params)
+
+    def _wait_for_change(self, task_ids, pause: float) -> None:
+        """Wait ``pause`` seconds before the next poll for ``task_ids`` (the
+        ids still pending; read them during the call only).
+
+        The one place where waiters wait: a store notification (PostgreSQL
+        LISTEN) can end the wait early by overriding this.
+        """
+        time.sleep(pause)
 
     def task_result_exists(self, task_id):
         """Whether a result exists in the database for ``task_id``."""

@@ -6,6 +6,7 @@ psycopg or PyMySQL.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class Dialect:
     # the driver or SQLAlchemy does.
     encode_datetime: Callable[[datetime | None], Any] = naive_utc
     decode_datetime: Callable[[Any], datetime | None] = _same
+    # How a list of task ids is passed as one parameter (get_many's task_ids):
+    # psycopg sends a list as an array, PyMySQL writes it out as (a, b, ...).
+    encode_ids: Callable[[list[str]], Any] = _same
     # The socket a connection owns, to be replaced in a forked child (pool.py).
     socket_of: Callable[[Any], int | None] = lambda conn: None
     # Parameters that a pool of this dialect must use whatever the options say
@@ -278,6 +282,7 @@ SQLITE = Dialect(
     param_types={"timeout": float, "cached_statements": int, "uri": _truthy},
     encode_datetime=_sqlite_datetime,
     decode_datetime=_sqlite_read_datetime,
+    encode_ids=json.dumps,  # sqlite3 binds no lists: a JSON array for json_each
     pool_overrides=_sqlite_pool_overrides,
 )
 

@@ -141,6 +141,7 @@ SLOT_KINDS = ("table", "table_name", "index", "index_name", "sequence", "sequenc
 KNOWN_SLOTS = frozenset(f"{prefix}_{kind}" for prefix in ("task", "group") for kind in SLOT_KINDS)
 REQUIRED = frozenset({
     "store_result", "store_result_extended", "get_task_meta", "get_task_meta_extended",
+    "get_many", "get_many_extended",
     "task_result_exists", "forget", "delete_expired_tasks", "save_group", "restore_group",
     "delete_group", "delete_expired_groups", "table_columns", "max_statement",
 })

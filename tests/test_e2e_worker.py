@@ -246,3 +246,29 @@ def test_extended_result_through_worker(worker):
     assert meta["result"] == 15
     assert meta["retries"] == 0
     assert (meta["name"], meta["worker"], meta["queue"]) == ("tasksmod.add", WORKER_NAME, "celery")
+
+
+def test_group_of_20_joined_natively(worker):
+    """GroupResult.get() of a group of 20 joins natively (get_many) and returns
+    every value in order."""
+    app = worker.client(result_extended=False)
+    result = group(app.signature("tasksmod.add", (i, 1)) for i in range(20))()
+    assert result.supports_native_join
+    assert result.get(timeout=TIMEOUT) == [i + 1 for i in range(20)]
+    assert result.join_native(timeout=TIMEOUT) == [i + 1 for i in range(20)]
+
+
+def test_delay_get_latency(worker):
+    """For the report, not asserted: the median of 10 ``add.delay(1, 1).get()``
+    round trips through the worker (broker polling included)."""
+    app = worker.client(result_extended=False)
+    app.send_task("tasksmod.add", (0, 0)).get(timeout=TIMEOUT)  # warm
+    spans = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        assert app.send_task("tasksmod.add", (1, 1)).get(timeout=TIMEOUT) == 2
+        spans.append(time.perf_counter() - t0)
+    spans.sort()
+    median = (spans[4] + spans[5]) / 2
+    print(f"delay().get() through the worker on {worker.db.dialect}: median {median * 1000:.0f} ms "
+          f"(min {spans[0] * 1000:.0f}, max {spans[-1] * 1000:.0f})")

@@ -45,6 +45,19 @@ SELECT id, task_id, status, result, date_done, traceback, children,
        name, args, kwargs, worker, retries, queue, stamps
 FROM {task_table} WHERE task_id = %(task_id)s;
 
+-- name: get_many
+-- The rows of those of %(task_ids)s that exist (a native join's poll).
+-- why: the ids go as one array parameter (a Python list): one statement text
+-- why: whatever their number, so psycopg prepares it once.
+SELECT id, task_id, status, result, date_done, traceback, children
+FROM {task_table} WHERE task_id = ANY(%(task_ids)s);
+
+-- name: get_many_extended
+-- The same with the extended columns.
+SELECT id, task_id, status, result, date_done, traceback, children,
+       name, args, kwargs, worker, retries, queue, stamps
+FROM {task_table} WHERE task_id = ANY(%(task_ids)s);
+
 -- name: task_result_exists
 -- Whether a row exists for a task.
 SELECT 1 FROM {task_table} WHERE task_id = %(task_id)s LIMIT 1;

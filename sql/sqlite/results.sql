@@ -42,6 +42,21 @@ SELECT id, task_id, status, result, date_done, traceback, children,
        name, args, kwargs, worker, retries, queue, stamps
 FROM {task_table} WHERE task_id = :task_id;
 
+-- name: get_many
+-- The rows of those of :task_ids that exist (a native join's poll).
+-- why: sqlite3 binds no lists: the ids go as one JSON array, unpacked by
+-- why: json_each (built in since SQLite 3.38, and in Python's builds long
+-- why: before): one parameter whatever their number, far from
+-- why: SQLITE_MAX_VARIABLE_NUMBER (999 on old builds), one cached statement.
+SELECT id, task_id, status, result, date_done, traceback, children
+FROM {task_table} WHERE task_id IN (SELECT value FROM json_each(:task_ids));
+
+-- name: get_many_extended
+-- The same with the extended columns.
+SELECT id, task_id, status, result, date_done, traceback, children,
+       name, args, kwargs, worker, retries, queue, stamps
+FROM {task_table} WHERE task_id IN (SELECT value FROM json_each(:task_ids));
+
 -- name: task_result_exists
 -- Whether a row exists for a task.
 SELECT 1 FROM {task_table} WHERE task_id = :task_id LIMIT 1;
