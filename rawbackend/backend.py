@@ -51,6 +51,18 @@ def _check_chord_id(kind: str, value) -> None:
         )
 
 
+def _culprit(deps):
+    """The first header result that failed: the one the join raised for.
+    Celery reads it from the backend's cache, which only a native join
+    fills with failures; else each result is asked, in header order."""
+    for result in deps._failed_join_report():
+        return result
+    for result in deps.results:
+        if result.state in states.PROPAGATE_STATES:
+            return result
+    return None
+
+
 def _chord_error(reason: str, exc: BaseException) -> ChordError:
     """A ChordError with the part's exception as its cause, as Celery makes it."""
     error = ChordError(reason)
@@ -416,10 +428,12 @@ class DatabaseBackend(BaseBackend):
             logger.debug("Chord %r: part %r reported after the chord was settled", group_id, request.id)
             return
         size = request.chord.get("chord_size")
-        if progress["result"] is None:
-            error = ChordError(f"GroupResult {group_id} no longer exists")
-            logger.error("Chord callback %r raised: %r", group_id, error)
-            return self._settle_chord_with(request, group_id, error)
+        try:
+            if progress["result"] is None:
+                raise ValueError(group_id)
+        except ValueError as exc:
+            logger.exception("Chord callback %r raised: %r", group_id, exc)
+            return self._settle_chord_with(request, group_id, ChordError(f"GroupResult {group_id} no longer exists"))
         if size is not None and progress["parts"] < size:
             return  # the header is only decoded when it is needed
         try:
@@ -443,11 +457,8 @@ class DatabaseBackend(BaseBackend):
             with allow_join_result():
                 ret = join(timeout=app.conf.result_chord_join_timeout, propagate=True)
         except Exception as exc:
-            try:
-                culprit = next(deps._failed_join_report())
-                reason = f"Dependency {culprit.id} raised {exc!r}"
-            except StopIteration:
-                reason = repr(exc)
+            culprit = _culprit(deps)
+            reason = repr(exc) if culprit is None else f"Dependency {culprit.id} raised {exc!r}"
             logger.exception("Chord %r raised: %r", group_id, reason)
             self.chord_error_from_stack(callback=callback, exc=_chord_error(reason, exc))
         else:
@@ -462,7 +473,9 @@ class DatabaseBackend(BaseBackend):
             self._ensure_retryable(self._end_chord, group_id)
 
     def _settle_chord_with(self, request, group_id, error):
-        """Fail the chord's body with ``error``, once (the claim decides who)."""
+        """Fail the chord's body with ``error``, once (the claim decides who).
+        Called in an ``except`` block: Celery's chord_error_from_stack reads
+        the exception being handled for the traceback it stores."""
         if not self._ensure_retryable(self._claim_chord, group_id, uuid.uuid4().hex):
             return None
         try:
