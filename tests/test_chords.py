@@ -9,16 +9,20 @@ and records what it received; its errback records the errors it is called with. 
 from __future__ import annotations
 
 import multiprocessing
+import statistics
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from celery import states
+from celery import chord, states
 from celery.app.task import Context
 from celery.exceptions import ChordError
 
+from conftest import wait_until
 from rawbackend.backend import DatabaseBackend
 from test_concurrency import _errdir, fork_children, wait_children
+from test_e2e_worker import TIMEOUT, running_worker, worker  # noqa: F401  (fixtures)
 
 FORK = multiprocessing.get_context("fork")
 
@@ -260,3 +264,64 @@ def test_last_two_parts_at_once_fire_the_body_once(db, tmp_path):
         assert len(fired) == 1, f"round {round_}: the body fired {len(fired)} times"
         assert backend.decode(bytes(fired[0][0])) == [0, 1, 2]
         db.query(f"DELETE FROM {db.qualified(db.task_table)} WHERE task_id LIKE 'fired-%'")
+
+
+# -- through a real prefork worker (test_e2e_worker's, on RabbitMQ) ------------
+
+LATENCY_ROUNDS = 5
+
+
+def _settled(worker, group_id) -> bool:
+    """The chord's header and parts are deleted, its claim row kept."""
+    db = worker.db
+    rows = db.query(f"SELECT task_id FROM {db.qualified(db.chord_table)} WHERE group_id = '{group_id}'")
+    saved = db.query(f"SELECT 1 FROM {db.qualified(db.group_table)} WHERE taskset_id = '{group_id}'")
+    return rows == [("",)] and not saved
+
+
+@pytest.mark.slow
+def test_chord_of_20_through_a_worker(worker, capsys):
+    """``chord(add.s(i, i) for i in range(20))(tsum.s())`` is 380, fired by
+    its last part: the worker never receives celery.chord_unlock. Latency
+    (apply to .get() returning, polled every 10 ms so that the client's 0.5 s
+    poll does not hide it), median of 5, is printed, not asserted."""
+    app = worker.client(result_extended=False)
+    add, tsum = app.signature("tasksmod.add"), app.signature("tasksmod.tsum")
+    latencies = []
+    for _ in range(LATENCY_ROUNDS):
+        started = time.perf_counter()
+        result = chord(add.clone((i, i)) for i in range(20))(tsum)
+        assert result.get(timeout=TIMEOUT, interval=0.01) == 380
+        latencies.append(time.perf_counter() - started)
+        group_id = result.parent.id
+        wait_until(lambda: _settled(worker, group_id), "the chord's rows removed")
+    assert result.parent.get(timeout=TIMEOUT) == [2 * i for i in range(20)]
+    log = worker.log()
+    assert log.count("tasksmod.tsum[") >= LATENCY_ROUNDS  # received and succeeded
+    assert "celery.chord_unlock" not in log
+    # Celery's own backend reads every result written while chords ran.
+    celery_backend = worker.db.app(prefix="db+").backend
+    for i, part in enumerate(result.parent.results):
+        meta = celery_backend.get_task_meta(part.id, cache=False)
+        assert (meta["status"], meta["result"]) == (states.SUCCESS, 2 * i)
+    assert celery_backend.get_task_meta(result.id, cache=False)["result"] == 380
+    with capsys.disabled():
+        print(
+            f"\n[{worker.db.dialect}] chord of 20 through the worker: median "
+            f"{statistics.median(latencies) * 1000:.0f} ms "
+            f"(all: {', '.join(f'{t * 1000:.0f}' for t in latencies)} ms)"
+        )
+
+
+@pytest.mark.slow
+def test_failing_part_through_a_worker(worker):
+    """A failing part makes .get() raise ChordError naming it."""
+    app = worker.client(result_extended=False)
+    header = [app.signature("tasksmod.add", (1, 1)), app.signature("tasksmod.fail", ("boom",)),
+              app.signature("tasksmod.add", (2, 2))]
+    result = chord(header)(app.signature("tasksmod.tsum"))
+    with pytest.raises(ChordError) as info:
+        result.get(timeout=TIMEOUT)
+    failed = result.parent.results[1].id
+    assert str(info.value) == f"Dependency {failed} raised ValueError('boom')"
+    assert "celery.chord_unlock" not in worker.log()
