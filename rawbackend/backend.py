@@ -420,27 +420,23 @@ class DatabaseBackend(BaseBackend):
         group_id = request.group
         if not group_id:
             return
-        app = self.app
         _check_chord_id("group", group_id)
         _check_chord_id("part task", request.id)
         progress = self._ensure_retryable(self._add_chord_part, group_id, request.id)
         if progress["settled"]:
             logger.debug("Chord %r: part %r reported after the chord was settled", group_id, request.id)
             return
+        if progress["result"] is None:
+            logger.error("Chord callback %r raised: the group's result is gone", group_id)
+            return self._fail_chord(request, group_id, ChordError(f"GroupResult {group_id} no longer exists"))
         size = request.chord.get("chord_size")
-        try:
-            if progress["result"] is None:
-                raise ValueError(group_id)
-        except ValueError as exc:
-            logger.exception("Chord callback %r raised: %r", group_id, exc)
-            return self._settle_chord_with(request, group_id, ChordError(f"GroupResult {group_id} no longer exists"))
         if size is not None and progress["parts"] < size:
-            return  # the header is only decoded when it is needed
+            return  # the header is decoded only when it is needed
         try:
             deps = self._chord_header(progress["result"])
         except Exception as exc:
             logger.exception("Chord %r raised: %r", group_id, exc)
-            return self._settle_chord_with(request, group_id, ChordError(f"Cannot restore group: {exc!r}"))
+            return self._fail_chord(request, group_id, ChordError(f"Cannot restore group: {exc!r}"))
         if size is None:
             size = len(deps)
         if progress["parts"] < size:
@@ -449,8 +445,14 @@ class DatabaseBackend(BaseBackend):
             logger.warning(
                 "Chord %r has %d finished parts, more than its size %d", group_id, progress["parts"], size
             )
-        if not self._ensure_retryable(self._claim_chord, group_id, uuid.uuid4().hex):
-            return  # another process completed the chord at the same moment, and fires it
+        if self._ensure_retryable(self._claim_chord, group_id, uuid.uuid4().hex):
+            self._fire_chord(request, group_id, deps)
+        # else: another process completed the chord at the same moment, and fires it.
+
+    def _fire_chord(self, request, group_id, deps):
+        """Join the header's results and send the body with them (or fail it
+        with a ChordError naming the failed part); then end the chord."""
+        app = self.app
         callback = maybe_signature(request.chord, app=app)
         join = deps.join_native if deps.supports_native_join else deps.join
         try:
@@ -472,13 +474,15 @@ class DatabaseBackend(BaseBackend):
         finally:
             self._ensure_retryable(self._end_chord, group_id)
 
-    def _settle_chord_with(self, request, group_id, error):
-        """Fail the chord's body with ``error``, once (the claim decides who).
-        Called in an ``except`` block: Celery's chord_error_from_stack reads
-        the exception being handled for the traceback it stores."""
+    def _fail_chord(self, request, group_id, error):
+        """Fail the chord's body with ``error``, once (the claim decides who)."""
         if not self._ensure_retryable(self._claim_chord, group_id, uuid.uuid4().hex):
             return None
         try:
+            # Raised and caught: chord_error_from_stack stores the traceback
+            # of the exception being handled, and needs one.
+            raise error
+        except ChordError:
             return self.chord_error_from_stack(maybe_signature(request.chord, app=self.app), error)
         finally:
             self._ensure_retryable(self._end_chord, group_id)
@@ -519,6 +523,7 @@ class DatabaseBackend(BaseBackend):
             session.execute(self.tables.sql["end_chord"], {"group_id": group_id})
 
     def _delete_chord(self, group_id):
+        """Delete every row of the chord, its claim row too."""
         with self.ResultSession() as session:
             session.execute(self.tables.sql["delete_chord"], {"group_id": group_id})
 
