@@ -195,6 +195,30 @@ def test_forgotten_header_fails_the_body_once(db):
     assert c.fired == []
 
 
+def test_chord_started_again_fires_again(db):
+    """The same group id started again (a replayed canvas) starts afresh:
+    the claim row of its first run does not keep its body from firing."""
+    c = Chord(db, 2)
+    c.done(0)
+    c.done(1)
+    header = [c.app.AsyncResult(part_id) for part_id in c.part_ids]
+    c.backend.apply_chord((c.group_id, header), c.body)
+    assert c.rows() == []
+    c.done(0, value=1)
+    c.done(1, value=2)
+    assert len(c.fired) == 2
+
+
+def test_claim_is_won_once_and_found_again_by_its_maker(db):
+    """A claim retried after a lost reply finds its own token and still wins;
+    any other claim of the same chord loses."""
+    c = Chord(db, 1)
+    assert c.backend._claim_chord(c.group_id, "first") is True
+    assert c.backend._claim_chord(c.group_id, "second") is False
+    assert c.backend._claim_chord(c.group_id, "first") is True  # the retry of "first"
+    assert c.rows() == [("",)]
+
+
 def test_part_without_an_id_is_refused(db):
     c = Chord(db, 2)
     request = Context(id=None, group=c.group_id, chord=c.chord)
