@@ -1,6 +1,7 @@
 """The rows: ``Task``, ``TaskExtended``, ``TaskSet``, and the tables they live in."""
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -13,6 +14,8 @@ from .dialects import Dialect
 from .loader import load_dialect
 
 __all__ = ("Task", "TaskExtended", "TaskSet", "ChordPart", "Tables", "Capacity")
+
+logger = logging.getLogger(__name__)
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -288,9 +291,7 @@ class Tables:
         elif not self.columns(session, self.chord_cls):
             # Celery's tables (or an older rawbackend's), without the chord
             # table: add it alone, Celery's tables are left as they are.
-            for name, sql in self.sql.items():
-                if name.startswith("create_chord_"):
-                    session.execute(sql)
+            self._create_chord_table(session)
         for column in MIGRATED_COLUMNS if task_columns else ():
             if column not in task_columns:
                 session.execute(self.sql[f"add_task_column_{column}"])
@@ -305,6 +306,24 @@ class Tables:
         self.group_capacity = {k: v for k, v in group_columns.items() if v is not None}
         self.max_statement = None if limit.get("max_bytes") is None else int(limit["max_bytes"])
         self.max_statement_setting = limit.get("setting")
+
+
+    def _create_chord_table(self, session) -> None:
+        """Add the chord table next to existing tables. A user who may not
+        create tables (a reader of results) still gets a working backend:
+        only chords need the table, and they fail naming it."""
+        try:
+            for name, sql in self.sql.items():
+                if name.startswith("create_chord_"):
+                    session.execute(sql)
+        except Exception as exc:
+            if self.columns(session, self.chord_cls):
+                return  # another process made it meanwhile
+            logger.warning(
+                "rawbackend: could not create the chord table %s (%s); results are stored "
+                "and read as usual, but chords need it: create it with %s",
+                self._filled["chord_table"], exc, self.sql["create_chord_table"].rstrip(";"),
+            )
 
 
 def _capacity(row: dict) -> Capacity | None:

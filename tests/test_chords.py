@@ -19,7 +19,7 @@ from celery import chord, states
 from celery.app.task import Context
 from celery.exceptions import ChordError
 
-from conftest import wait_until
+from conftest import Database, wait_until
 from rawbackend.backend import DatabaseBackend
 from test_concurrency import _errdir, fork_children, wait_children
 from test_e2e_worker import TIMEOUT, running_worker, worker  # noqa: F401  (fixtures)
@@ -258,6 +258,33 @@ def test_chord_table_in_a_schema_of_its_own(pg_db):
         assert pg_db.query(where, (pg_db.chord_table,)) == [(other,)]
     finally:
         pg_db.query(f'DROP SCHEMA "{other}" CASCADE')
+
+
+def test_user_who_may_not_create_tables_still_stores_results(mysql_db, caplog):
+    """On Celery's tables, a user without CREATE rights (a reader, a locked
+    down worker) gets a working backend and a warning naming the chord table
+    and how to create it; only chords need it."""
+    celery_backend = mysql_db.app(prefix="db+").backend
+    celery_backend.store_result("made-by-celery", 1, states.SUCCESS)  # Celery's two tables
+    database = mysql_db.url.rsplit("/", 1)[1]
+    user = f"rb_{uuid.uuid4().hex[:8]}"
+    for host in ("%", "localhost"):
+        mysql_db.query(f"CREATE USER '{user}'@'{host}'")
+        mysql_db.query(f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.* TO '{user}'@'{host}'")
+    try:
+        limited = Database(mysql_db.dialect, mysql_db.url.replace("root@", f"{user}@", 1),
+                           mysql_db.task_table, mysql_db.group_table, chord_table=mysql_db.chord_table)
+        with caplog.at_level("WARNING", logger="rawbackend.models"):
+            backend = limited.backend()
+            backend.store_result("by-limited-user", 2, states.SUCCESS)
+        assert backend.get_task_meta("made-by-celery", cache=False)["result"] == 1
+        assert backend.get_task_meta("by-limited-user", cache=False)["result"] == 2
+        warning = " ".join(r.getMessage() for r in caplog.records)
+        assert f"could not create the chord table `{mysql_db.chord_table}`" in warning
+        assert "CREATE TABLE IF NOT EXISTS" in warning
+        backend.session_manager.invalidate(backend.url)
+    finally:
+        mysql_db.query(f"DROP USER IF EXISTS '{user}'@'%', '{user}'@'localhost'")
 
 
 def test_pickled_backend_keeps_the_chord_table(db):
