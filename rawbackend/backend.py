@@ -4,19 +4,20 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from functools import partial
 
-from celery import states
+from celery import maybe_signature, states
 from celery.backends.base import BaseBackend
-from celery.exceptions import BackendGetMetaError, ImproperlyConfigured, TimeoutError
-from celery.result import result_from_tuple
+from celery.exceptions import BackendGetMetaError, ChordError, ImproperlyConfigured, TimeoutError
+from celery.result import allow_join_result, result_from_tuple
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import maybe_timedelta
 from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
 from .errors import ValueTooLarge, classify
-from .models import Task, TaskExtended, TaskSet, Tables
+from .models import ChordPart, Task, TaskExtended, TaskSet, Tables
 from .session import Session, SessionManager
 from .url import parse_url, strip_prefix
 from .waiting import pauses
@@ -44,6 +45,36 @@ def _encodes(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _check_chord_id(kind: str, value) -> None:
+    """A chord's group id and its parts' task ids are keys of the chord table
+    (VARCHAR(155)); "" is the claim row's."""
+    if not isinstance(value, str) or not value or len(value) > TASK_ID_MAX:
+        raise ValueError(
+            f"rawbackend: chord {kind} id {value!r:.60} is not a string of 1 to {TASK_ID_MAX} "
+            "characters, what the chord table's keys hold"
+        )
+
+
+def _culprit(deps):
+    """The first header result that failed: the one the join raised for.
+    Celery reads it from the backend's cache, which only a native join
+    fills with failures; else each result is asked, in header order."""
+    for result in deps._failed_join_report():
+        return result
+    for result in deps.results:
+        if result.state in states.PROPAGATE_STATES:
+            return result
+    return None
+
+
+def _chord_error(reason: str, exc: BaseException) -> ChordError:
+    """A ChordError with the part's exception as its cause, as Celery makes it."""
+    error = ChordError(reason)
+    if isinstance(exc, Exception):
+        error.__cause__ = exc
+    return error
 
 
 class DatabaseBackend(BaseBackend):
@@ -79,6 +110,7 @@ class DatabaseBackend(BaseBackend):
         # changes the tables of another app's backend in this process.
         self.task_cls = (TaskExtended if self.extended_result else Task).bound()
         self.taskset_cls = TaskSet.bound()
+        self.chord_cls = ChordPart.bound()
 
         if url and url.rstrip("/").lower() == "rawdb:":
             url = None  # "rawdb://" names the backend, no database: use database_url
@@ -96,7 +128,11 @@ class DatabaseBackend(BaseBackend):
         )
         self.task_cls.configure(schema=schemas.get("task"), name=tablenames.get("task"))
         self.taskset_cls.configure(schema=schemas.get("group"), name=tablenames.get("group"))
-        self.tables = Tables(self.dialect, self.task_cls, self.taskset_cls)
+        # rawbackend's own chord table lives next to the group table unless told otherwise.
+        self.chord_cls.configure(
+            schema=schemas.get("chord", schemas.get("group")), name=tablenames.get("chord")
+        )
+        self.tables = Tables(self.dialect, self.task_cls, self.taskset_cls, self.chord_cls)
         # Names, looked up at each use: a server variant (MariaDB) may replace
         # the statements once the first connection is made.
         self._store_statement = "store_result_extended" if self.extended_result else "store_result"
@@ -450,9 +486,10 @@ class DatabaseBackend(BaseBackend):
             return session.fetch_one(self.tables.sql["task_result_exists"], {"task_id": task_id}) is not None
 
     def _forget(self, task_id):
-        """Forget about result."""
+        """Forget about result (and, for a chord's group id, its chord rows)."""
         with self.ResultSession() as session:
             session.execute(self.tables.sql["forget"], {"task_id": task_id})
+            session.execute(self.tables.sql["delete_chord"], {"group_id": task_id})
 
     # -- groups ------------------------------------------------------------------
 
@@ -483,9 +520,140 @@ class DatabaseBackend(BaseBackend):
         return data
 
     def _delete_group(self, group_id):
-        """Delete meta-data for group by id."""
+        """Delete meta-data for group by id, and its chord's rows."""
         with self.ResultSession() as session:
             session.execute(self.tables.sql["delete_group"], {"taskset_id": group_id})
+            session.execute(self.tables.sql["delete_chord"], {"group_id": group_id})
+
+    # -- chords --------------------------------------------------------------------
+    # Native, with the semantics of Celery's key-value backends (base.py:
+    # _apply_chord_incr, on_chord_part_return), and no celery.chord_unlock task
+    # polling the header. Each finished part is a row of the chord table, so a
+    # part reported twice counts once; the part that finds them all claims the
+    # body in SQL, so the body fires once, also when the last two parts finish
+    # at the same moment in two processes (both may count them all; one claim wins).
+
+    def apply_chord(self, header_result_args, body, **kwargs):
+        """Start a chord: save its header's GroupResult, for the last part to
+        join (Celery's base class sends celery.chord_unlock here instead)."""
+        self.ensure_chords_allowed()
+        header_result = self.app.GroupResult(*header_result_args)
+        # The same group id started again (a replayed canvas) starts afresh.
+        self._ensure_retryable(self._delete_chord, header_result.id)
+        header_result.save(backend=self)
+
+    def on_chord_part_return(self, request, state, result, **kwargs):
+        """A part of a chord is done: record it; the part that completes the
+        chord joins the header's results and sends the body with them, once."""
+        group_id = request.group
+        if not group_id:
+            return
+        _check_chord_id("group", group_id)
+        _check_chord_id("part task", request.id)
+        progress = self._ensure_retryable(self._add_chord_part, group_id, request.id)
+        if progress["settled"]:
+            logger.debug("Chord %r: part %r reported after the chord was settled", group_id, request.id)
+            return
+        if progress["result"] is None:
+            logger.error("Chord callback %r raised: the group's result is gone", group_id)
+            return self._fail_chord(request, group_id, ChordError(f"GroupResult {group_id} no longer exists"))
+        size = request.chord.get("chord_size")
+        if size is not None and progress["parts"] < size:
+            return  # the header is decoded only when it is needed
+        try:
+            deps = self._chord_header(progress["result"])
+        except Exception as exc:
+            logger.exception("Chord %r raised: %r", group_id, exc)
+            return self._fail_chord(request, group_id, ChordError(f"Cannot restore group: {exc!r}"))
+        if size is None:
+            size = len(deps)
+        if progress["parts"] < size:
+            return
+        if progress["parts"] > size:
+            logger.warning(
+                "Chord %r has %d finished parts, more than its size %d", group_id, progress["parts"], size
+            )
+        if self._ensure_retryable(self._claim_chord, group_id, uuid.uuid4().hex):
+            self._fire_chord(request, group_id, deps)
+        # else: another process completed the chord at the same moment, and fires it.
+
+    def _fire_chord(self, request, group_id, deps):
+        """Join the header's results and send the body with them (or fail it
+        with a ChordError naming the failed part); then end the chord."""
+        app = self.app
+        callback = maybe_signature(request.chord, app=app)
+        join = deps.join_native if deps.supports_native_join else deps.join
+        try:
+            with allow_join_result():
+                ret = join(timeout=app.conf.result_chord_join_timeout, propagate=True)
+        except Exception as exc:
+            culprit = _culprit(deps)
+            reason = repr(exc) if culprit is None else f"Dependency {culprit.id} raised {exc!r}"
+            logger.exception("Chord %r raised: %r", group_id, reason)
+            self.chord_error_from_stack(callback=callback, exc=_chord_error(reason, exc))
+        else:
+            try:
+                app.amqp._retry_publish(callback.delay, ret)
+            except Exception as exc:
+                logger.exception("Chord %r raised: %r", group_id, exc)
+                self.chord_error_from_stack(
+                    callback=callback, exc=_chord_error(f"Callback error: {exc!r}", exc)
+                )
+        finally:
+            self._ensure_retryable(self._end_chord, group_id)
+
+    def _fail_chord(self, request, group_id, error):
+        """Fail the chord's body with ``error``, once (the claim decides who)."""
+        if not self._ensure_retryable(self._claim_chord, group_id, uuid.uuid4().hex):
+            return None
+        try:
+            # Raised and caught: chord_error_from_stack stores the traceback
+            # of the exception being handled, and needs one.
+            raise error
+        except ChordError:
+            return self.chord_error_from_stack(maybe_signature(request.chord, app=self.app), error)
+        finally:
+            self._ensure_retryable(self._end_chord, group_id)
+
+    def _chord_header(self, payload):
+        """The saved GroupResult of a chord's header, from its ``result`` column."""
+        return result_from_tuple(self._decode_stored_result(payload), self.app)
+
+    def _add_chord_part(self, group_id, task_id) -> dict:
+        """Record a finished part; then the chord's header, parts and state.
+        Two statements: the count must see every part committed before it."""
+        now = self.dialect.encode_datetime(datetime.now(timezone.utc))
+        sql = self.tables.sql
+        with self.ResultSession() as session:
+            session.execute(sql["add_chord_part"], {"group_id": group_id, "task_id": task_id, "date_done": now})
+            return session.fetch_one(sql["chord_progress"], {"group_id": group_id})
+
+    def _claim_chord(self, group_id, token) -> bool:
+        """Whether this call won the firing of the chord's body. A claim that
+        already exists is ours only if this call made it: a retry after a
+        reply that was lost finds its own token there."""
+        now = self.dialect.encode_datetime(datetime.now(timezone.utc))
+        sql = self.tables.sql
+        with self.ResultSession() as session:
+            params = {"group_id": group_id, "date_done": now, "fired_by": token}
+            if session.execute(sql["claim_chord"], params) == 1:
+                return True
+            row = session.fetch_one(sql["chord_claimant"], {"group_id": group_id})
+        return row is not None and row["fired_by"] == token
+
+    def _end_chord(self, group_id):
+        """After the body fired or failed: delete the saved header and the
+        part rows, and keep the claim row, so that a part reported late is
+        ignored (it would fail the body with "no longer exists" otherwise)."""
+        self._cache.pop(group_id, None)
+        with self.ResultSession() as session:
+            session.execute(self.tables.sql["delete_group"], {"taskset_id": group_id})
+            session.execute(self.tables.sql["end_chord"], {"group_id": group_id})
+
+    def _delete_chord(self, group_id):
+        """Delete every row of the chord, its claim row too."""
+        with self.ResultSession() as session:
+            session.execute(self.tables.sql["delete_chord"], {"group_id": group_id})
 
     # -- expiry ---------------------------------------------------------------------
 
@@ -502,7 +670,7 @@ class DatabaseBackend(BaseBackend):
         # In batches, each its own short transaction: a store running meanwhile
         # waits for one batch at most, never for the whole cleanup.
         with self.ResultSession() as session:
-            for name in ("delete_expired_tasks", "delete_expired_groups"):
+            for name in ("delete_expired_tasks", "delete_expired_groups", "delete_expired_chords"):
                 while session.execute(self.tables.sql[name], params) >= CLEANUP_BATCH:
                     pass
 
@@ -515,8 +683,14 @@ class DatabaseBackend(BaseBackend):
             # All that says where the results live and how they are encoded, so
             # the copy reads and writes the same rows whichever app is current
             # where it is unpickled; it creates no tables of its own at set-up.
-            "table_names": {"task": self.task_cls.table_name, "group": self.taskset_cls.table_name},
-            "table_schemas": {"task": self.task_cls.table_schema, "group": self.taskset_cls.table_schema},
+            "table_names": {
+                "task": self.task_cls.table_name, "group": self.taskset_cls.table_name,
+                "chord": self.chord_cls.table_name,
+            },
+            "table_schemas": {
+                "task": self.task_cls.table_schema, "group": self.taskset_cls.table_schema,
+                "chord": self.chord_cls.table_schema,
+            },
             "extended": bool(self.extended_result),
             "short_lived_sessions": self.short_lived_sessions,
             "create_tables_at_setup": False,

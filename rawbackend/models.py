@@ -1,6 +1,7 @@
 """The rows: ``Task``, ``TaskExtended``, ``TaskSet``, and the tables they live in."""
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -12,7 +13,9 @@ from celery.exceptions import ImproperlyConfigured
 from .dialects import Dialect
 from .loader import load_dialect
 
-__all__ = ("Task", "TaskExtended", "TaskSet", "Tables", "Capacity")
+__all__ = ("Task", "TaskExtended", "TaskSet", "ChordPart", "Tables", "Capacity")
+
+logger = logging.getLogger(__name__)
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -30,7 +33,7 @@ class _Model:
     """What the three models share: their table, and ``configure``."""
 
     __tablename__: ClassVar[str]
-    __sequence__: ClassVar[str]
+    __sequence__: ClassVar[str | None] = None
     table_name: ClassVar[str]
     table_schema: ClassVar[str | None] = None
 
@@ -122,6 +125,28 @@ class TaskSet(_Model):
         return f"<TaskSet: {self.taskset_id}>"
 
 
+@dataclass(repr=False, eq=False)
+class ChordPart(_Model):
+    """A finished part of a chord (rawbackend's own table; Celery has none).
+
+    One row per (group, part task): a part reported twice is one row, so
+    counting rows counts distinct parts. The row with ``task_id == ""`` is the
+    claim of the body's firing, ``fired_by`` the call that made it.
+    """
+
+    # Not celery_*: Celery's backend never reads it, and the name says whose it is.
+    __tablename__: ClassVar[str] = "rawbackend_chordmeta"
+    table_name: ClassVar[str] = "rawbackend_chordmeta"
+
+    group_id: str | None = None
+    task_id: str | None = None
+    date_done: datetime | None = None
+    fired_by: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<ChordPart {self.group_id}: {self.task_id}>"
+
+
 class Capacity(NamedTuple):
     """What a column holds, as the server says: ``limit`` characters or bytes."""
 
@@ -138,29 +163,46 @@ class Capacity(NamedTuple):
 
 
 SLOT_KINDS = ("table", "table_name", "index", "index_name", "sequence", "sequence_name")
-KNOWN_SLOTS = frozenset(f"{prefix}_{kind}" for prefix in ("task", "group") for kind in SLOT_KINDS)
+KNOWN_SLOTS = frozenset(
+    {f"{prefix}_{kind}" for prefix in ("task", "group") for kind in SLOT_KINDS}
+    | {f"chord_{kind}" for kind in SLOT_KINDS if not kind.startswith("sequence")}
+)
 REQUIRED = frozenset({
     "store_result", "store_result_extended", "get_task_meta", "get_task_meta_extended",
     "get_many", "get_many_extended",
     "task_result_exists", "forget", "delete_expired_tasks", "save_group", "restore_group",
     "delete_group", "delete_expired_groups", "table_columns", "max_statement",
+    "create_chord_table", "add_chord_part", "chord_progress", "claim_chord", "chord_claimant",
+    "end_chord", "delete_chord", "delete_expired_chords",
 })
 # Columns older Celery versions lack, added at set-up when missing.
 MIGRATED_COLUMNS = ("children", "name", "args", "kwargs", "worker", "retries", "queue", "stamps")
 
 
 class Tables:
-    """One backend's two tables on one dialect: names, and the SQL rendered for them."""
+    """One backend's tables on one dialect (Celery's two, and the chord table
+    of rawbackend's own): names, and the SQL rendered for them."""
 
-    def __init__(self, dialect: Dialect, task_cls: type[Task], taskset_cls: type[TaskSet]):
+    def __init__(
+        self, dialect: Dialect, task_cls: type[Task], taskset_cls: type[TaskSet],
+        chord_cls: type[ChordPart] | None = None,
+    ):
         self.dialect = dialect
         self.task_cls = task_cls
         self.taskset_cls = taskset_cls
+        if chord_cls is None:
+            chord_cls = ChordPart.bound()
+            chord_cls.configure(schema=taskset_cls.table_schema)
+        self.chord_cls = chord_cls
         self.key = (
             dialect.name, task_cls.table_schema, task_cls.table_name,
             taskset_cls.table_schema, taskset_cls.table_name,
+            chord_cls.table_schema, chord_cls.table_name,
         )
-        self._filled = {**self._slots("task", task_cls), **self._slots("group", taskset_cls)}
+        self._filled = {
+            **self._slots("task", task_cls), **self._slots("group", taskset_cls),
+            **self._slots("chord", chord_cls),
+        }
         self.variant: str | None = None
         self.sql: dict[str, str] = self._render(None)
         # Read from the server by create(): the columns with a limit, and the
@@ -211,16 +253,18 @@ class Tables:
         q = dialect.quote_identifier
         schema = f"{q(model.table_schema)}." if model.table_schema else ""
         index = f"ix_{model.table_name}_date_done"
-        sequence = f"{schema}{q(model.__sequence__)}"
-        return {
+        slots = {
             f"{prefix}_table": f"{schema}{q(model.table_name)}",
             f"{prefix}_table_name": q(model.table_name),
             f"{prefix}_index": f"{schema}{q(index)}",
             f"{prefix}_index_name": q(index),
-            f"{prefix}_sequence_name": sequence,
-            # nextval() takes the sequence's name as a string.
-            f"{prefix}_sequence": f"'{sequence}'",
         }
+        if model.__sequence__ is not None:
+            sequence = f"{schema}{q(model.__sequence__)}"
+            slots[f"{prefix}_sequence_name"] = sequence
+            # nextval() takes the sequence's name as a string.
+            slots[f"{prefix}_sequence"] = f"'{sequence}'"
+        return slots
 
     def columns(self, session, model: type[_Model]) -> dict[str, Capacity | None]:
         """The table's columns, each with what it holds (None: no limit)."""
@@ -245,6 +289,10 @@ class Tables:
             changed = True
             # An old task table next to a missing group table: the group
             # table is made above, and the task table still needs its columns.
+        elif not self.columns(session, self.chord_cls):
+            # Celery's tables (or an older rawbackend's), without the chord
+            # table: add it alone, Celery's tables are left as they are.
+            self._create_chord_table(session)
         for column in MIGRATED_COLUMNS if task_columns else ():
             if column not in task_columns:
                 session.execute(self.sql[f"add_task_column_{column}"])
@@ -259,6 +307,24 @@ class Tables:
         self.group_capacity = {k: v for k, v in group_columns.items() if v is not None}
         self.max_statement = None if limit.get("max_bytes") is None else int(limit["max_bytes"])
         self.max_statement_setting = limit.get("setting")
+
+
+    def _create_chord_table(self, session) -> None:
+        """Add the chord table next to existing tables. A user who may not
+        create tables (a reader of results) still gets a working backend:
+        only chords need the table, and they fail naming it."""
+        try:
+            for name, sql in self.sql.items():
+                if name.startswith("create_chord_"):
+                    session.execute(sql)
+        except Exception as exc:
+            if self.columns(session, self.chord_cls):
+                return  # another process made it meanwhile
+            logger.warning(
+                "rawbackend: could not create the chord table %s (%s); results are stored "
+                "and read as usual, but chords need it: create it with %s",
+                self._filled["chord_table"], exc, self.sql["create_chord_table"].rstrip(";"),
+            )
 
 
 def _capacity(row: dict) -> Capacity | None:

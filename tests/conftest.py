@@ -80,10 +80,13 @@ class Database:
     group_table: str
     schema: str | None = None  # PostgreSQL: a schema of the test's own
     apps: list = field(default_factory=list)
+    chord_table: str = "rawbackend_chordmeta"  # rawbackend's own, next to the group table
 
     def conf(self, **extra) -> dict:
         conf = {
-            "database_table_names": {"task": self.task_table, "group": self.group_table},
+            "database_table_names": {
+                "task": self.task_table, "group": self.group_table, "chord": self.chord_table,
+            },
             "result_serializer": "json",
             "accept_content": ["json"],
         }
@@ -152,7 +155,9 @@ def _drop(db: Database) -> None:
     if db.dialect == "postgresql":
         db.query(f'DROP SCHEMA IF EXISTS "{db.schema}" CASCADE')
     elif db.dialect == "mysql":
-        db.query(f"DROP TABLE IF EXISTS `{db.task_table}`, `{db.group_table}`")
+        # rawbackend_chordmeta: the chord table of tests that name only Celery's tables.
+        db.query(f"DROP TABLE IF EXISTS `{db.task_table}`, `{db.group_table}`, `{db.chord_table}`, "
+                 "rawbackend_chordmeta")
         # MariaDB: Celery's sequences have fixed names in the database itself.
         db.query("DROP SEQUENCE IF EXISTS task_id_sequence, taskset_id_sequence")
 
@@ -162,7 +167,7 @@ def make_database(dialect: str, tmp_path) -> Database:
     suffix = uuid.uuid4().hex[:10]
     if dialect == "sqlite":
         return Database(dialect, f"sqlite:///{tmp_path / 'results.db'}", "celery_taskmeta", "celery_tasksetmeta")
-    db = Database(dialect, server_url(dialect), f"t_{suffix}", f"g_{suffix}")
+    db = Database(dialect, server_url(dialect), f"t_{suffix}", f"g_{suffix}", chord_table=f"c_{suffix}")
     if dialect == "postgresql":
         db.schema = f"s_{suffix}"
         db.query(f'CREATE SCHEMA "{db.schema}"')

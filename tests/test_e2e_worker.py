@@ -1,10 +1,13 @@
 """End to end: a real ``celery worker`` (prefork, 2 processes) storing results
 through ``rawdb+...`` on every dialect, read back by a client app.
 
-The broker is kombu's ``filesystem://`` transport, so no broker server is
-needed; the result tables are the test's own (conftest's ``Database``). One
-worker per dialect serves every test of this module; it is always stopped
-(SIGTERM, then SIGKILL of its process group after a bounded wait).
+The broker is RabbitMQ (``RAWBACKEND_TEST_BROKER_URL``, default the local
+one), on a queue of the worker's own so that parallel runs never take each
+other's messages, deleted after; where no broker answers, kombu's
+``filesystem://`` transport (and, with RAWBACKEND_REQUIRE_SERVERS=1, a failure:
+CI has RabbitMQ). The result tables are the test's own (conftest's
+``Database``). One worker per dialect serves every test of a module; it is
+always stopped (SIGTERM, then SIGKILL of its process group after a bounded wait).
 """
 from __future__ import annotations
 
@@ -21,12 +24,28 @@ from pathlib import Path
 import pytest
 from celery import chord, group, states
 
-from conftest import DIALECTS, Database, _drop, make_database
+from conftest import DIALECTS, REQUIRE_SERVERS, Database, _drop, make_database
 
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 30  # seconds, for every wait on the worker
 WORKER_NAME = "e2e@testhost"
+BROKER_URL = os.environ.get("RAWBACKEND_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+_broker_problem: dict[str, str | None] = {}
+
+
+def broker_problem(url: str = BROKER_URL) -> str | None:
+    """Why the broker at ``url`` can't be used, or None when it answers."""
+    if url not in _broker_problem:
+        from kombu import Connection
+
+        try:
+            with Connection(url, connect_timeout=3) as conn:
+                conn.ensure_connection(max_retries=1)
+            _broker_problem[url] = None
+        except Exception as exc:  # any failure to connect
+            _broker_problem[url] = f"no broker answers at {url}: {exc!r}"
+    return _broker_problem[url]
 
 TASKS_MODULE = textwrap.dedent(
     '''
@@ -67,27 +86,41 @@ class Worker:
         self.db = db
         self.workdir = workdir
         self.log_path = workdir / "worker.log"
-        broker = workdir / "broker"
-        broker.mkdir()
-        (workdir / "processed").mkdir()
+        # A queue of this worker's own: another run on the same broker never
+        # takes its messages.
+        self.queue = f"e2e-{uuid.uuid4().hex}"
+        problem = broker_problem()
+        if problem is None:
+            self.broker_url = BROKER_URL
+            broker_conf = {"broker_url": BROKER_URL}
+        elif REQUIRE_SERVERS:
+            pytest.fail(f"{problem} (RAWBACKEND_REQUIRE_SERVERS=1: CI has RabbitMQ)")
+        else:
+            self.broker_url = "filesystem://"
+            broker = workdir / "broker"
+            broker.mkdir()
+            (workdir / "processed").mkdir()
+            broker_conf = {
+                "broker_url": "filesystem://",
+                "broker_transport_options": {
+                    "data_folder_in": str(broker),
+                    "data_folder_out": str(broker),
+                    "processed_folder": str(workdir / "processed"),
+                    "store_processed": False,
+                    "polling_interval": 0.05,
+                    # kombu writes fanout exchanges here (cwd/control by default).
+                    "control_folder": str(workdir / "control"),
+                },
+            }
         self.conf = {
-            "broker_url": "filesystem://",
-            "broker_transport_options": {
-                "data_folder_in": str(broker),
-                "data_folder_out": str(broker),
-                "processed_folder": str(workdir / "processed"),
-                "store_processed": False,
-                "polling_interval": 0.05,
-                # kombu writes fanout exchanges here (cwd/control by default).
-                "control_folder": str(workdir / "control"),
-            },
+            **broker_conf,
+            "task_default_queue": self.queue,
             "result_extended": True,
-            # chord_unlock polls the header's results: keep it short and bounded.
-            "result_chord_retry_interval": 0.2,
             "result_chord_join_timeout": 10,
             "worker_enable_remote_control": False,
             "worker_hijack_root_logger": True,
         }
+        self.clients: list = []
         worker_conf = db.conf(result_backend="rawdb+" + db.url, **self.conf)
         (workdir / "conf.json").write_text(json.dumps(worker_conf))
         (workdir / "tasksmod.py").write_text(TASKS_MODULE)
@@ -100,7 +133,7 @@ class Worker:
                 [
                     sys.executable, "-m", "celery", "-A", "tasksmod", "worker",
                     "--pool", "prefork", "--concurrency", "2", "--loglevel", "INFO",
-                    "-n", WORKER_NAME, "--without-gossip", "--without-mingle",
+                    "-n", WORKER_NAME, "-Q", self.queue, "--without-gossip", "--without-mingle",
                     "--without-heartbeat",
                 ],
                 cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -137,6 +170,17 @@ class Worker:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+            self._delete_queue()
+
+    def _delete_queue(self) -> None:
+        for app in self.clients:
+            app.close()  # the clients' broker connections
+        if self.broker_url.startswith("filesystem"):
+            return
+        from kombu import Connection
+
+        with Connection(self.broker_url, connect_timeout=3) as conn:
+            conn.default_channel.queue_delete(self.queue)
 
     def log(self) -> str:
         try:
@@ -145,8 +189,10 @@ class Worker:
             return ""
 
     def client(self, **conf):
-        """A client app on the same broker and result tables."""
-        return self.db.app(**{**self.conf, **conf})
+        """A client app on the same broker, queue and result tables."""
+        app = self.db.app(**{**self.conf, **conf})
+        self.clients.append(app)
+        return app
 
 
 def _dialect_params():
@@ -219,15 +265,17 @@ def test_group_joined_by_client(worker):
     assert all(child.state == states.SUCCESS for child in result.results)
 
 
-def test_chord_through_chord_unlock(worker):
-    """A chord (no native chord support) completes through celery.chord_unlock."""
+def test_chord_without_chord_unlock(worker):
+    """A chord completes natively: its last part sends the body, and no
+    celery.chord_unlock task is ever sent (more in test_chords.py)."""
     app = worker.client(result_extended=False)
     header = [app.signature("tasksmod.add", (i, 10)) for i in range(3)]
     result = chord(header)(app.signature("tasksmod.tsum"))
     assert result.get(timeout=TIMEOUT) == 10 + 11 + 12
     assert result.parent is not None
-    assert sorted(result.parent.get(timeout=TIMEOUT)) == [10, 11, 12]
-    assert "celery.chord_unlock" in worker.log()
+    assert result.parent.get(timeout=TIMEOUT) == [10, 11, 12]
+    assert "tasksmod.tsum" in worker.log()
+    assert "celery.chord_unlock" not in worker.log()
 
 
 def test_extended_result_through_worker(worker):
@@ -240,12 +288,12 @@ def test_extended_result_through_worker(worker):
     assert result.args == [7]
     assert result.kwargs == {"y": 8}
     assert result.worker == WORKER_NAME
-    assert result.queue == "celery"
+    assert result.queue == worker.queue
     meta = app.backend.get_task_meta(sent.id)
     assert meta["status"] == states.SUCCESS
     assert meta["result"] == 15
     assert meta["retries"] == 0
-    assert (meta["name"], meta["worker"], meta["queue"]) == ("tasksmod.add", WORKER_NAME, "celery")
+    assert (meta["name"], meta["worker"], meta["queue"]) == ("tasksmod.add", WORKER_NAME, worker.queue)
 
 
 def test_group_of_20_joined_natively(worker):

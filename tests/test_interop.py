@@ -712,7 +712,8 @@ def test_configured_names_and_schemas_hold_both_backends_rows(ns_db):
         tables = db.query(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
             "AND table_type = 'BASE TABLE'", (db.schema,))
-    assert sorted(t for (t,) in tables) == ["my_groups", "my_results"]
+    # And rawbackend's chord table, by its default name (none configured), next to the groups.
+    assert sorted(t for (t,) in tables) == ["my_groups", "my_results", "rawbackend_chordmeta"]
 
 
 # -- ids from the same sequence ---------------------------------------------------------------

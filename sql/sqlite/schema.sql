@@ -40,3 +40,19 @@ CREATE TABLE IF NOT EXISTS {group_table} (
 -- The date_done index that cleanup() uses.
 -- why: SQLite names the index, not the table, with its schema.
 CREATE INDEX IF NOT EXISTS {group_index} ON {group_table_name} (date_done);
+
+-- name: create_chord_table
+-- rawbackend's own: one row per finished part of a chord, and one ('') that claims its body.
+-- why: the key makes a part reported twice one row; Celery's backend never reads the table.
+CREATE TABLE IF NOT EXISTS {chord_table} (
+    group_id VARCHAR(155) NOT NULL,
+    task_id VARCHAR(155) NOT NULL,
+    date_done DATETIME,
+    fired_by VARCHAR(36),
+    PRIMARY KEY (group_id, task_id)
+);
+
+-- name: create_chord_index
+-- The date_done index that cleanup() uses.
+-- why: SQLite names the index, not the table, with its schema.
+CREATE INDEX IF NOT EXISTS {chord_index} ON {chord_table_name} (date_done);
