@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from datetime import datetime, timedelta, timezone
 
@@ -25,6 +26,23 @@ logger = logging.getLogger(__name__)
 TASK_ID_MAX = 155  # VARCHAR(155), in Celery's tables
 CLEANUP_BATCH = 5000  # rows per DELETE: short locks, so stores never wait long
 DEFAULT_RECONNECT_TIMEOUT = 30.0  # seconds to wait for a server to come back
+# Seconds one lock wait may take before the store fails and Celery's loop tries
+# again: with 3 retries a store gives up after ~40 s behind a held lock (like the
+# reconnect budget), instead of never (PostgreSQL) or after 4 x 50 s (InnoDB).
+# Our own statements hold row locks for milliseconds; cleanup, a batch at a time.
+DEFAULT_LOCK_TIMEOUT = 10.0
+
+
+def _seconds_or_none(setting: str, value) -> float | None:
+    """A duration setting in seconds; None or 0 mean "leave it to the server"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or math.isinf(value):
+        raise ImproperlyConfigured(
+            f"rawbackend: {setting} must be a number of seconds >= 0 (or None), got {value!r}"
+        )
+    return float(value) or None
 
 
 class DatabaseBackend(BaseBackend):
@@ -83,7 +101,12 @@ class DatabaseBackend(BaseBackend):
             raise ImproperlyConfigured(
                 f"database_engine_callback must be callable, got {engine_callback!r}"
             )
-        self.session_manager = SessionManager(engine_callback=engine_callback)
+        self.lock_timeout = _seconds_or_none(
+            "database_lock_timeout", conf.get("database_lock_timeout", DEFAULT_LOCK_TIMEOUT)
+        )
+        self.session_manager = SessionManager(
+            engine_callback=engine_callback, lock_timeout=self.lock_timeout
+        )
         self.reconnect_timeout = float(
             conf.get("database_reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT)
         )

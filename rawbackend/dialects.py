@@ -60,6 +60,10 @@ class Dialect:
     # The folder under sql/ whose statements replace this dialect's own on the
     # server behind a connection, or None (MariaDB answers mysql:// URLs).
     variant_of: Callable[[Any], str | None] = lambda conn: None
+    # How ``database_lock_timeout`` is applied: the connect keyword that takes
+    # it in seconds (SQLite's busy timeout), or None: the ``set_lock_timeout``
+    # statement of sql/<name>/session.sql runs once on each new connection.
+    lock_timeout_param: str | None = None
 
     def quote_identifier(self, name: str) -> str:
         return f"{self.quote}{name}{self.quote}"
@@ -206,6 +210,7 @@ SQLITE = Dialect(
     encode_datetime=_sqlite_datetime,
     decode_datetime=_sqlite_read_datetime,
     pool_overrides=_sqlite_pool_overrides,
+    lock_timeout_param="timeout",
 )
 
 DIALECTS: tuple[Dialect, ...] = (POSTGRESQL, MYSQL, SQLITE)

@@ -79,6 +79,9 @@ class Pool:
         # Called with a copy of the connect keywords before every new
         # connection, e.g. to put in a freshly minted password.
         self.connect_hooks: list[Callable[[dict], None]] = []
+        # Called with each new driver connection before it is used, e.g. to
+        # set a session variable once instead of on every checkout.
+        self.on_connect: list[Callable[[Any], None]] = []
         self._reset()
         _POOLS.add(self)
 
@@ -151,7 +154,14 @@ class Pool:
         params = dict(self.params)
         for hook in self.connect_hooks:
             hook(params)
-        return self.dialect.connect(params)
+        conn = self.dialect.connect(params)
+        try:
+            for hook in self.on_connect:
+                hook(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def dispose(self) -> None:
         """Close every idle connection; those checked out are closed on return."""
