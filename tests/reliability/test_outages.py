@@ -1,0 +1,119 @@
+"""Faults in the middle of the load, on the real servers: a restart, a 10 s
+outage (heavy), connections killed at random moments. With default settings:
+0 results lost, 0 raised to a caller, 0 processes crashed, 0 read errors, and
+no single store stalls longer than the outage + 0.5 s.
+
+These stop and start the machine's servers: run them only under
+``flock -x /tmp/rawbackend-servers.lock``. The server is always brought back.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness import Killer, Load, Pinger, check_no_harm, check_stored_exactly_once
+from servers import restartable  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.slow
+
+PER_THREAD = 2_500  # the hard bound of each writer thread: 20,000 stores in all
+BEFORE = 400  # stores before the fault
+AFTER = 400  # stores after the server is back, before the writers stop
+STALL_MARGIN = 0.5  # seconds a store may stall beyond the outage
+OUTAGE = 10.0  # seconds the server is stopped (heavy)
+
+
+def across(db, tmp_path, server, fault, prefix: str, **conf):
+    """Run the load, ``fault(server)`` in its middle with a pinger measuring
+    the outage, and stop the writers ``AFTER`` stores after the server is back."""
+    load = Load(db, tmp_path / prefix, prefix, PER_THREAD, **conf).start()
+    try:
+        load.wait_stored(BEFORE, "the first stores")
+        with Pinger(server) as pinger:
+            fault(server)
+            server.wait_up()
+            back = load.stored()
+            load.wait_stored(back + AFTER, "stores after the server came back")
+            time.sleep(0.2)  # one more ping after the last failure
+    finally:
+        outcome = load.finish(stop=True)
+    assert pinger.outages, "the pinger never saw the server down"
+    return outcome, pinger.longest
+
+
+def stop_for(seconds: float):
+    def fault(server):
+        server.stop()
+        time.sleep(seconds)
+        server.start()
+    return fault
+
+
+def restart(server):
+    server.restart()
+
+
+def report(figures, what: str, outcome, outage: float) -> None:
+    figures(
+        f"{what}: outage {outage:.2f}s, slowest store {outcome.longest:.2f}s, "
+        f"slowest read {outcome.longest_read:.2f}s; {outcome.stores} stores, "
+        f"{len(outcome.failed)} raised, {outcome.reads} reads, {len(outcome.read_errors)} raised; "
+        f"retries: {outcome.celery_retries} by Celery's loop, {outcome.statement_reruns} by rawbackend"
+    )
+
+
+def check_survived(db, prefix, outcome, outage) -> None:
+    check_no_harm(outcome)
+    check_stored_exactly_once(db, prefix, outcome)
+    assert outcome.longest <= outage + STALL_MARGIN, \
+        f"a store stalled {outcome.longest:.2f}s, the outage was {outage:.2f}s"
+
+
+def test_server_restart_under_load(restartable, tmp_path, figures):
+    db, server = restartable
+    outcome, outage = across(db, tmp_path, server, restart, "restart")
+    report(figures, f"{db.dialect} restart under load", outcome, outage)
+    check_survived(db, "restart", outcome, outage)
+
+
+@pytest.mark.heavy
+def test_ten_second_outage_under_load(restartable, tmp_path, figures):
+    db, server = restartable
+    outcome, outage = across(db, tmp_path, server, stop_for(OUTAGE), "outage")
+    report(figures, f"{db.dialect} {OUTAGE:g}s outage under load", outcome, outage)
+    assert outage >= OUTAGE
+    check_survived(db, "outage", outcome, outage)
+
+
+def killed(db, tmp_path, figures, kills: int, pause, label: str):
+    load = Load(db, tmp_path / "kill", "kill", PER_THREAD).start()
+    killer = Killer(db, kills, pause)
+    try:
+        load.wait_stored(BEFORE, "the first stores")
+        killer.start()
+        killer.join(120)
+        assert load.writers_alive(), "the writers were done before the killer: not under load"
+    finally:
+        killer.halt.set()
+        outcome = load.finish(stop=True)
+    assert not killer.is_alive(), "the killer did not stop"
+    assert killer.error is None, killer.error
+    assert killer.killed == kills
+    figures(
+        f"{label}: {killer.killed} connections killed; {outcome.stores} stores, "
+        f"{len(outcome.failed)} raised, slowest {outcome.longest:.2f}s; {outcome.reads} reads, "
+        f"{len(outcome.read_errors)} raised; retries: {outcome.celery_retries} by Celery's loop, "
+        f"{outcome.statement_reruns} by rawbackend"
+    )
+    check_no_harm(outcome)
+    check_stored_exactly_once(db, "kill", outcome)
+
+
+def test_connections_killed_under_load(server_db, tmp_path, figures):
+    killed(server_db, tmp_path, figures, 20, (0.05, 0.2), f"{server_db.dialect} kills under load")
+
+
+@pytest.mark.heavy
+def test_many_connections_killed_under_load(server_db, tmp_path, figures):
+    killed(server_db, tmp_path, figures, 150, (0.005, 0.03), f"{server_db.dialect} many kills under load")
