@@ -92,14 +92,12 @@ def _writer(url, conf, prefix, app_prefix, writer, threads, per_thread, progress
         longest, longest_at = 0.0, None
         first = time.monotonic()
         while attempted < per_thread and not stop.is_set():
+            tid = task_id(prefix, writer, thread, attempted)
             began = time.monotonic()
             try:
-                backend.store_result(
-                    task_id(prefix, writer, thread, attempted),
-                    value_of(writer, thread, attempted), states.SUCCESS,
-                )
+                backend.store_result(tid, value_of(writer, thread, attempted), states.SUCCESS)
             except Exception as exc:  # counted: the test says what it means
-                failed.append(f"{attempted}: {exc!r}"[:300])
+                failed.append(f"{tid}: {exc!r}"[:300])
             took = time.monotonic() - began
             if took > longest:
                 longest, longest_at = took, began
@@ -173,6 +171,7 @@ class Outcome:
     exit_codes: list[int]
     crashes: list[str]
     expected: set[str] = field(repr=False)
+    hung: list[str] = field(default_factory=list)  # killed after the join timeout
 
     @property
     def throughput(self) -> float:
@@ -225,9 +224,10 @@ class Load:
     def wait_stored(self, count: int, what: str, timeout: float = 120) -> None:
         wait_until(lambda: self.stored() >= count or not self.writers_alive(), what, timeout)
 
-    def finish(self, stop: bool = False, timeout: float = JOIN_TIMEOUT) -> Outcome:
+    def finish(self, stop: bool = False, timeout: float = JOIN_TIMEOUT,
+               check: bool = True) -> Outcome:
         """Wait for the writers (told to stop first if ``stop``), then stop the
-        readers; kill whatever outlives ``timeout`` and say so."""
+        readers; kill whatever outlives ``timeout`` and (``check``) say so."""
         if stop:
             self.stop_writers.set()
         deadline = time.monotonic() + timeout
@@ -243,8 +243,10 @@ class Load:
                 if p.is_alive():
                     p.kill()
                     p.join(10)
-        assert not hung, f"processes still running after {timeout:g}s: {hung}"
-        return self._outcome()
+        assert not (check and hung), f"processes still running after {timeout:g}s: {hung}"
+        outcome = self._outcome()
+        outcome.hung = hung
+        return outcome
 
     def _outcome(self) -> Outcome:
         reports = {}
@@ -296,6 +298,15 @@ def check_stored_exactly_once(db: Database, prefix: str, outcome: Outcome) -> No
         if status != states.SUCCESS or json.loads(bytes(result)) != value_of(writer, thread, k):
             bad.append((tid, status, result))
     assert not bad, f"{len(bad)} rows with a wrong state or value, e.g. {bad[:3]}"
+
+
+def lost(db: Database, prefix: str, outcome: Outcome) -> set[str]:
+    """Stores that raised and never reached the table."""
+    mark = "?" if db.dialect == "sqlite" else "%s"
+    rows = db.query(f"SELECT task_id FROM {db.qualified(db.task_table)} "
+                    f"WHERE task_id LIKE {mark}", (f"{prefix}-%",))
+    raised = {failure.split(":", 1)[0] for failure in outcome.failed}
+    return raised - {row[0] for row in rows}
 
 
 def check_no_harm(outcome: Outcome) -> None:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness import Killer, Load, Pinger, check_no_harm, check_stored_exactly_once
+from harness import Killer, Load, Pinger, check_no_harm, check_stored_exactly_once, lost
 from servers import restartable  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -24,10 +24,10 @@ STALL_MARGIN = 0.5  # seconds a store may stall beyond the outage
 OUTAGE = 10.0  # seconds the server is stopped (heavy)
 
 
-def across(db, tmp_path, server, fault, prefix: str, **conf):
+def across(db, tmp_path, server, fault, prefix: str, app_prefix="rawdb+", check=True, **conf):
     """Run the load, ``fault(server)`` in its middle with a pinger measuring
     the outage, and stop the writers ``AFTER`` stores after the server is back."""
-    load = Load(db, tmp_path / prefix, prefix, PER_THREAD, **conf).start()
+    load = Load(db, tmp_path / prefix, prefix, PER_THREAD, app_prefix=app_prefix, **conf).start()
     try:
         load.wait_stored(BEFORE, "the first stores")
         with Pinger(server) as pinger:
@@ -37,7 +37,7 @@ def across(db, tmp_path, server, fault, prefix: str, **conf):
             load.wait_stored(back + AFTER, "stores after the server came back")
             time.sleep(0.2)  # one more ping after the last failure
     finally:
-        outcome = load.finish(stop=True)
+        outcome = load.finish(stop=True, check=check)
     assert pinger.outages, "the pinger never saw the server down"
     return outcome, pinger.longest
 
@@ -117,3 +117,24 @@ def test_connections_killed_under_load(server_db, tmp_path, figures):
 @pytest.mark.heavy
 def test_many_connections_killed_under_load(server_db, tmp_path, figures):
     killed(server_db, tmp_path, figures, 150, (0.005, 0.03), f"{server_db.dialect} many kills under load")
+
+
+@pytest.mark.heavy
+def test_celery_database_backend_for_comparison(restartable, tmp_path, figures):
+    """Celery 5.7.0's own ``db+`` backend in the same harness, across one
+    restart and one 10 s outage: reported, not asserted."""
+    db, server = restartable
+    warm = db.app(prefix="db+").backend
+    warm.store_result("celery-warm", 0, "SUCCESS")  # its tables, before the fork
+    warm.ResultSession().get_bind().dispose()
+    for fault, prefix, what in ((restart, "crestart", "restart"),
+                                (stop_for(OUTAGE), "coutage", f"{OUTAGE:g}s outage")):
+        outcome, outage = across(db, tmp_path, server, fault, prefix, app_prefix="db+",
+                                 check=False)
+        figures(
+            f"Celery's db+ backend, {db.dialect} {what}: outage {outage:.2f}s; "
+            f"{outcome.stores} stores, {len(outcome.failed)} raised, "
+            f"{len(lost(db, prefix, outcome))} never written, slowest {outcome.longest:.2f}s; "
+            f"{outcome.reads} reads, {len(outcome.read_errors)} raised; "
+            f"crashed {len(outcome.crashes)}, hung {len(outcome.hung)}"
+        )
