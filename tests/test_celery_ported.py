@@ -1625,16 +1625,18 @@ def test_do_connect_event_integration_mysql_password(mysql_db):
     import pymysql
 
     from conftest import raw_connect
+    from rawbackend.url import parse_url
 
     user = f"rawcb_{uuid_module.uuid4().hex[:8]}"
     password = f"pw-{uuid_module.uuid4().hex}"
     hosts = ("%", "localhost", "127.0.0.1")
+    database = parse_url(mysql_db.url)[1]["database"]  # the test database, whatever its name
     admin = raw_connect("mysql", mysql_db.url)
     try:
         with admin.cursor() as cur:
             for host in hosts:
                 cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}'")
-                cur.execute(f"GRANT ALL ON test.* TO '{user}'@'{host}'")
+                cur.execute(f"GRANT ALL ON `{database}`.* TO '{user}'@'{host}'")
         url = mysql_db.url.replace("://root@", f"://{user}@", 1)
         assert f"{user}@" in url
         with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
