@@ -39,6 +39,7 @@ def across(db, tmp_path, server, fault, prefix: str, app_prefix="rawdb+", check=
     finally:
         outcome = load.finish(stop=True, check=check)
     assert pinger.outages, "the pinger never saw the server down"
+    outcome.window = pinger.window
     return outcome, pinger.longest
 
 
@@ -60,14 +61,30 @@ def report(figures, what: str, outcome, outage: float) -> None:
         f"slowest read {outcome.longest_read:.2f}s; {outcome.stores} stores, "
         f"{len(outcome.failed)} raised, {outcome.reads} reads, {len(outcome.read_errors)} raised; "
         f"retries: {outcome.celery_retries} by Celery's loop, {outcome.statement_reruns} by rawbackend"
+        f"; {where(outcome)}"
     )
+
+
+def where(outcome) -> str:
+    """When the slowest store ran, against the outage (both on time.monotonic)."""
+    start, end = outcome.window
+    began = outcome.longest_at
+    return (f"slowest store began {began - start:+.2f}s after the last answer, "
+            f"ended {began + outcome.longest - end:+.2f}s after the next")
+
+
+def timeline(outcome) -> str:
+    """The writers' retries around the outage, relative to its start."""
+    start, _ = outcome.window
+    return "\n".join(f"{when - start:+7.3f} {thread} {what}" for when, thread, what in outcome.events)
 
 
 def check_survived(db, prefix, outcome, outage) -> None:
     check_no_harm(outcome)
     check_stored_exactly_once(db, prefix, outcome)
     assert outcome.longest <= outage + STALL_MARGIN, \
-        f"a store stalled {outcome.longest:.2f}s, the outage was {outage:.2f}s"
+        f"a store stalled {outcome.longest:.2f}s, the outage was {outage:.2f}s ({where(outcome)})\n" \
+        f"{timeline(outcome)}"
 
 
 def test_server_restart_under_load(restartable, tmp_path, figures):
