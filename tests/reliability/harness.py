@@ -340,38 +340,35 @@ def check_no_harm(outcome: Outcome) -> None:
 
 
 class Pinger(threading.Thread):
-    """Connects to the server every ``interval`` seconds and keeps the longest
-    time it did not answer: from the last answer before a failure to the first
-    answer after it (an upper bound of the outage, by one interval)."""
+    """Connects to the server every ``interval`` seconds. The outage is the
+    longest gap between two answers: a refused connect and one that hangs
+    (MariaDB listens before it is ready to serve) both count as no answer.
+    An upper bound of the outage, by one interval and one connect."""
 
     def __init__(self, server, interval: float = 0.02, bound: float = 600):
         super().__init__(daemon=True)
         self.server, self.interval, self.bound = server, interval, bound
         self.halt = threading.Event()
-        self.outages: list[tuple[float, float]] = []  # (last answer, next answer)
+        self.answered: list[float] = []  # when each answer came (time.monotonic)
 
     def run(self):
-        last_ok, failing = time.monotonic(), False
+        self.answered.append(time.monotonic())  # it answered the load just before
         deadline = time.monotonic() + self.bound
         while not self.halt.is_set() and time.monotonic() < deadline:
-            ok = self.server.answers()
-            now = time.monotonic()
-            if ok:
-                if failing:
-                    self.outages.append((last_ok, now))
-                last_ok, failing = now, False
-            else:
-                failing = True
+            if self.server.answers():
+                self.answered.append(time.monotonic())
             self.halt.wait(self.interval)
 
     @property
-    def longest(self) -> float:
-        return max((end - start for start, end in self.outages), default=0.0)
+    def window(self) -> tuple[float, float] | None:
+        """(an answer, the next one) around the longest gap."""
+        gaps = list(zip(self.answered, self.answered[1:]))
+        return max(gaps, key=lambda gap: gap[1] - gap[0], default=None)
 
     @property
-    def window(self) -> tuple[float, float] | None:
-        """(last answer, next answer) around the longest outage."""
-        return max(self.outages, key=lambda o: o[1] - o[0], default=None)
+    def longest(self) -> float:
+        window = self.window
+        return window[1] - window[0] if window else 0.0
 
     def __enter__(self) -> "Pinger":
         self.start()

@@ -38,7 +38,7 @@ def across(db, tmp_path, server, fault, prefix: str, app_prefix="rawdb+", check=
             time.sleep(0.2)  # one more ping after the last failure
     finally:
         outcome = load.finish(stop=True, check=check)
-    assert pinger.outages, "the pinger never saw the server down"
+    assert pinger.longest >= 0.1, "the pinger never saw the server down"
     outcome.window = pinger.window
     return outcome, pinger.longest
 
