@@ -44,6 +44,23 @@ class Server:
         except Exception:  # refused, starting up, shutting down
             return False
 
+    def writes(self, sql: str) -> bool:
+        """Whether a new connection gets ``sql`` (a write) committed now."""
+        try:
+            conn = self.dialect_row.connect({**self.params, "connect_timeout": 2})
+        except Exception:  # refused, starting up, shutting down
+            return False
+        try:
+            conn.cursor().execute(sql)
+            return True
+        except Exception:  # accepted, but not serving yet
+            return False
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
     def wait_up(self, timeout: float = 120) -> None:
         wait_until(self.answers, f"the {self.dialect} server to answer", timeout)
 

@@ -339,11 +339,15 @@ def check_no_harm(outcome: Outcome) -> None:
         f"{len(outcome.wrong_reads)} wrong reads, e.g. {outcome.wrong_reads[:3]}"
 
 
+PING_TABLE = "reliability_ping"
+
+
 class Pinger(threading.Thread):
-    """Connects to the server every ``interval`` seconds. The outage is the
-    longest gap between two answers: a refused connect and one that hangs
-    (MariaDB listens before it is ready to serve) both count as no answer.
-    An upper bound of the outage, by one interval and one connect."""
+    """Writes a row on a new connection every ``interval`` seconds, as a store
+    does. The outage is the longest gap between two answers: a refused
+    connect, one that hangs (MariaDB listens before it is ready to serve) and
+    a write that fails all count as no answer. An upper bound of the outage,
+    by one interval and one connect."""
 
     def __init__(self, server, interval: float = 0.02, bound: float = 600):
         super().__init__(daemon=True)
@@ -355,7 +359,7 @@ class Pinger(threading.Thread):
         self.answered.append(time.monotonic())  # it answered the load just before
         deadline = time.monotonic() + self.bound
         while not self.halt.is_set() and time.monotonic() < deadline:
-            if self.server.answers():
+            if self.server.writes(f"INSERT INTO {PING_TABLE} (n) VALUES (1)"):
                 self.answered.append(time.monotonic())
             self.halt.wait(self.interval)
 
@@ -371,12 +375,15 @@ class Pinger(threading.Thread):
         return window[1] - window[0] if window else 0.0
 
     def __enter__(self) -> "Pinger":
+        assert self.server.writes(f"CREATE TABLE IF NOT EXISTS {PING_TABLE} (n INTEGER)")
         self.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.halt.set()
         self.join(30)
+        self.server.wait_up()
+        self.server.writes(f"DROP TABLE IF EXISTS {PING_TABLE}")
 
 
 # The backend's connections on the test database, from a connection of our own.
