@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import time
 import uuid
@@ -77,6 +78,25 @@ def _chord_error(reason: str, exc: BaseException) -> ChordError:
     return error
 
 
+# Seconds one lock wait may take before the store fails and Celery's loop tries
+# again: with 3 retries a store gives up after ~40 s behind a held lock (like the
+# reconnect budget), instead of never (PostgreSQL) or after 4 x 50 s (InnoDB).
+# Our own statements hold row locks for milliseconds; cleanup, a batch at a time.
+DEFAULT_LOCK_TIMEOUT = 10.0
+
+
+def _seconds_or_none(setting: str, value) -> float | None:
+    """A duration setting in seconds; None or 0 mean "leave it to the server"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or math.isinf(value):
+        raise ImproperlyConfigured(
+            f"rawbackend: {setting} must be a number of seconds >= 0 (or None), got {value!r}"
+        )
+    return float(value) or None
+
+
 class DatabaseBackend(BaseBackend):
     """The database result backend, on psycopg 3, PyMySQL or sqlite3."""
 
@@ -147,7 +167,12 @@ class DatabaseBackend(BaseBackend):
             raise ImproperlyConfigured(
                 f"database_engine_callback must be callable, got {engine_callback!r}"
             )
-        self.session_manager = SessionManager(engine_callback=engine_callback)
+        self.lock_timeout = _seconds_or_none("database_lock_timeout", kwargs.get(
+            "lock_timeout", conf.get("database_lock_timeout", DEFAULT_LOCK_TIMEOUT)
+        ))
+        self.session_manager = SessionManager(
+            engine_callback=engine_callback, lock_timeout=self.lock_timeout
+        )
         self.reconnect_timeout = float(kwargs.get(
             "reconnect_timeout", conf.get("database_reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT)
         ))
@@ -697,5 +722,6 @@ class DatabaseBackend(BaseBackend):
             "serializer": self.serializer,
             "accept": list(self.accept),
             "reconnect_timeout": self.reconnect_timeout,
+            "lock_timeout": self.lock_timeout,
         })
         return super().__reduce__(args, kwargs)

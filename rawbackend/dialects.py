@@ -83,6 +83,10 @@ class Dialect:
     # with the server's max_statement (read only where there is one): exact
     # when it comes near ``limit``, a cheap upper bound below that.
     statement_size: Callable[[str, dict, int], int] = lambda sql, params, limit: 0
+    # How ``database_lock_timeout`` is applied: the connect keyword that takes
+    # it in seconds (SQLite's busy timeout), or None: the ``set_lock_timeout``
+    # statement of sql/<name>/session.sql runs once on each new connection.
+    lock_timeout_param: str | None = None
 
     def quote_identifier(self, name: str) -> str:
         return f"{self.quote}{name}{self.quote}"
@@ -284,6 +288,7 @@ SQLITE = Dialect(
     decode_datetime=_sqlite_read_datetime,
     encode_ids=json.dumps,  # sqlite3 binds no lists: a JSON array for json_each
     pool_overrides=_sqlite_pool_overrides,
+    lock_timeout_param="timeout",
 )
 
 DIALECTS: tuple[Dialect, ...] = (POSTGRESQL, MYSQL, SQLITE)

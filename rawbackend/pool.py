@@ -82,6 +82,9 @@ class Pool:
         self.connect_hooks: list[Callable[[dict], None]] = []
         # Whether the server ever accepted a connection from this pool.
         self.answered = False
+        # Called with each new driver connection before it is used, e.g. to
+        # set a session variable once instead of on every checkout.
+        self.on_connect: list[Callable[[Any], None]] = []
         self._reset()
         _POOLS.add(self)
 
@@ -162,6 +165,12 @@ class Pool:
                 classify(self.dialect.errors, exc),
             ) from exc
         self.answered = True
+        try:
+            for hook in self.on_connect:
+                hook(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def dispose(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import threading
 import time
@@ -17,6 +18,8 @@ from typing import Any, Callable
 from celery.utils.time import get_exponential_backoff_interval
 
 from .errors import classify
+from .loader import load_dialect
+from .models import KNOWN_SLOTS, REQUIRED
 from .pool import Pool, PooledConnection
 from .url import parse_url, sanitize_url, strip_prefix
 
@@ -26,6 +29,11 @@ logger = logging.getLogger(__name__)
 echo_logger = logging.getLogger("rawbackend.echo")
 
 PREPARE_MODELS_MAX_RETRIES = 10
+# Pauses between connection attempts while waiting for a server: short, so a
+# restart stalls a store by little more than the outage itself. A connect to a
+# refused port costs the server nothing, and 10 a second per process is no load.
+WAIT_FIRST_PAUSE = 0.02
+WAIT_MAX_PAUSE = 0.1
 
 # SQLAlchemy's engine options that the pool understands, with their defaults.
 POOL_OPTIONS = {
@@ -165,7 +173,11 @@ def _all(cursor, sql: str) -> list[dict]:
 class SessionManager:
     """Pools by URL, and sessions from them; fork-safe and thread-safe."""
 
-    def __init__(self, engine_callback: Callable[[Pool], Any] | None = None):
+    def __init__(
+        self,
+        engine_callback: Callable[[Pool], Any] | None = None,
+        lock_timeout: float | None = None,
+    ):
         self._engines: dict[str, Pool] = {}
         self._sessions: dict[str, Callable[[], Session]] = {}
         self._prepared: set = set()
@@ -174,6 +186,7 @@ class SessionManager:
         self.forked = False
         self.prepared = False
         self.engine_callback = engine_callback
+        self.lock_timeout = lock_timeout  # seconds a lock wait may take; None: the server's
         _MANAGERS.add(self)
 
     def _after_fork(self) -> None:
@@ -207,6 +220,8 @@ class SessionManager:
         pool_options = {k: options.get(k, default) for k, default in POOL_OPTIONS.items()}
         pool_options.update(dialect.pool_overrides(params))
         engine = Pool(dialect, params, name=sanitize_url(strip_prefix(dburi)), **pool_options)
+        if self.lock_timeout:
+            apply_lock_timeout(engine, self.lock_timeout)
         if self.engine_callback is not None:
             self.engine_callback(engine)
         return engine
@@ -281,14 +296,33 @@ class SessionManager:
             except Exception as exc:
                 if classify(engine.dialect.errors, exc) is None:
                     raise
+                pause = min(WAIT_FIRST_PAUSE * 2 ** attempt, WAIT_MAX_PAUSE,
+                            deadline - time.monotonic())
                 attempt += 1
-                pause = min(0.05 * 2 ** attempt, 1.0, deadline - time.monotonic())
                 if pause <= 0:
                     return False
                 time.sleep(pause)
             else:
                 engine.putconn(pooled)
                 return True
+
+
+def apply_lock_timeout(engine: Pool, seconds: float) -> None:
+    """Bound every lock wait on ``engine``'s connections to ``seconds``, as the
+    dialect says: a connect keyword (an explicit one in the URL or connect_args
+    wins), or the ``set_lock_timeout`` statement once per new connection."""
+    dialect = engine.dialect
+    if dialect.lock_timeout_param:
+        engine.params.setdefault(dialect.lock_timeout_param, seconds)
+        return
+    statements = load_dialect(dialect.name, dialect.paramstyle, KNOWN_SLOTS, REQUIRED)
+    sql = statements["set_lock_timeout"].render({})
+    params = {"ms": str(max(1, round(seconds * 1000))), "seconds": max(1, math.ceil(seconds))}
+
+    def set_lock_timeout(conn) -> None:
+        _execute(conn, sql, params, _rowcount)
+
+    engine.on_connect.append(set_lock_timeout)
 
 
 def _is_driver_error(engine: Pool, exc: Exception) -> bool:

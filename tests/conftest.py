@@ -208,3 +208,27 @@ def server_db(request, tmp_path) -> Database:
     database = make_database(request.param, tmp_path)
     yield database
     _drop(database)
+
+
+# -- figures: measurements a test reports, shown at the end of the run -------------
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures(request):
+    """``figures(line)`` keeps one measured line for the end-of-run summary
+    (shown whatever -s or -q say) and as the test's ``figures`` property."""
+
+    def add(line: str) -> None:
+        _FIGURES.append(f"{request.node.nodeid}: {line}")
+        request.node.user_properties.append(("figures", line))
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("rawbackend figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -1625,11 +1625,12 @@ def test_do_connect_event_integration_mysql_password(mysql_db):
     import pymysql
 
     from conftest import raw_connect
+    from rawbackend.url import parse_url
 
     user = f"rawcb_{uuid_module.uuid4().hex[:8]}"
     password = f"pw-{uuid_module.uuid4().hex}"
     hosts = ("%", "localhost", "127.0.0.1")
-    database = mysql_db.url.rsplit("/", 1)[1].partition("?")[0]  # the test's own, not "test"
+    database = parse_url(mysql_db.url)[1]["database"]  # the test database, whatever its name
     admin = raw_connect("mysql", mysql_db.url)
     try:
         with admin.cursor() as cur:

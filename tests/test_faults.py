@@ -42,11 +42,6 @@ LOCK_WAITERS_SQL = {
 # Codes of the real errors the servers raise.
 DEADLOCK = {"postgresql": "40P01", "mysql": 1213}
 LOCK_TIMEOUT = {"postgresql": "55P03", "mysql": 1205}
-# A lock timeout short enough for a test, for the backend's connections only.
-SHORT_LOCK_TIMEOUT = {
-    "postgresql": {"options": "-c lock_timeout=500"},
-    "mysql": {"init_command": "SET SESSION innodb_lock_wait_timeout=1"},
-}
 
 
 def code_of(exc: BaseException):
@@ -196,11 +191,10 @@ class RowLock:
 
 
 def short_lock_timeout_backend(db):
+    # A lock timeout short enough for a test (MariaDB: whole seconds, so 1 s).
     return db.backend(
-        database_engine_options={
-            "pool_pre_ping": True,
-            "connect_args": SHORT_LOCK_TIMEOUT[db.dialect],
-        }
+        database_lock_timeout=0.5,
+        database_engine_options={"pool_pre_ping": True},
     )
 
 
