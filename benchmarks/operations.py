@@ -35,7 +35,8 @@ from celery.result import AsyncResult, GroupResult
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.json import loads as json_loads
 
-from .floor import SCHEMA, Floor, Location, table_conf
+from . import floor as floor_module
+from .floor import Floor, Location, table_conf
 
 SMALL_RESULT: dict[str, Any] = {"user_id": 1234, "status": "ok", "items": 3}
 # About 10 KB once encoded as JSON.
@@ -221,7 +222,7 @@ class Bench:
             floor.close()
         except Exception as exc:
             self.notes.append(f"dropping the benchmark's tables failed ({type(exc).__name__}: {exc}): "
-                              f"drop {SCHEMA!r} (or the bench_* tables on SQLite) by hand")
+                              f"drop {floor_module.SCHEMA!r} (or the bench_* tables on SQLite) by hand")
 
     @property
     def contenders(self) -> list[str]:

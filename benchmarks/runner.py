@@ -26,7 +26,7 @@ from pathlib import Path
 import tqdm
 
 from . import report
-from .floor import Location
+from .floor import Location, set_schema
 from .operations import Bench, Operation, Sample, Settings
 
 RESULTS_DIR = Path(__file__).with_name("results")
@@ -291,6 +291,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a fast smoke run")
     parser.add_argument("--redis", metavar="URL",
                         help="add Celery's Redis backend as a contender for store/get/join")
+    parser.add_argument("--schema", metavar="NAME",
+                        help="the schema (PostgreSQL) or database (MySQL) the benchmark creates and "
+                             "drops (also $RAWBACKEND_BENCH_SCHEMA; default rawbackend_bench)")
     parser.add_argument("--only", metavar="OPS", help="comma-separated operation keys to run")
     parser.add_argument("--out", metavar="DIR", type=Path,
                         help="where to write report.md, results.json, chart.png "
@@ -298,6 +301,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.schema is not None:
+        try:
+            set_schema(args.schema)
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
