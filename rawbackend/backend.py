@@ -13,6 +13,8 @@ from celery.exceptions import BackendGetMetaError, ImproperlyConfigured, Timeout
 from celery.result import result_from_tuple
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import maybe_timedelta
+from kombu.exceptions import EncodeError
+from kombu.serialization import registry as serializers
 from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
 from .errors import ValueTooLarge, classify
@@ -249,7 +251,9 @@ class DatabaseBackend(BaseBackend):
             "task_id": task_id,
             "status": state,
             "result": ensure_bytes(self.encode(result)),
-            "date_done": self.app.now() if state in states.READY_STATES else None,
+            # The instant app.now() gives, without its trip through the app's
+            # time zone: it is stored as naive UTC whatever the zone.
+            "date_done": datetime.now(timezone.utc) if state in states.READY_STATES else None,
             "traceback": traceback,
             "children": ensure_bytes(self.encode(children)) if children else None,
         }
@@ -274,6 +278,18 @@ class DatabaseBackend(BaseBackend):
                 "stamps": {h: v for h, v in stamps.items() if h in stamped_headers},
             })) if stamped_headers else None
         return row
+
+    def encode(self, data):
+        """As Celery's ``encode``, with the serializer's encoder called directly:
+        kombu's ``dumps`` looks it up and enters a context manager each call.
+        Compression, ``raw`` and unknown serializers take Celery's path."""
+        entry = None if self.compression else serializers._encoders.get(self.serializer)
+        if entry is None:
+            return super().encode(data)
+        try:
+            return entry[2](data)
+        except Exception as exc:  # as kombu's dumps: EncodeError, the cause kept
+            raise EncodeError(exc) from exc
 
     def _update_result(self, task, result, state, traceback=None, request=None):
         """Set ``task``'s columns as a store would (Celery's name for it)."""

@@ -83,6 +83,10 @@ class Dialect:
     # with the server's max_statement (read only where there is one): exact
     # when it comes near ``limit``, a cheap upper bound below that.
     statement_size: Callable[[str, dict, int], int] = lambda sql, params, limit: 0
+    # Whether a connection keeps one cursor for all its statements: a new
+    # psycopg cursor costs microseconds per statement. Not on SQLite, where an
+    # open cursor on an unfinished SELECT would keep a read transaction open.
+    keep_cursor: bool = True
 
     def quote_identifier(self, name: str) -> str:
         return f"{self.quote}{name}{self.quote}"
@@ -263,6 +267,7 @@ MYSQL = Dialect(
 
 SQLITE = Dialect(
     name="sqlite",
+    keep_cursor=False,
     driver="sqlite3",
     paramstyle="named",
     schemes=("sqlite", "sqlite+pysqlite"),

@@ -26,10 +26,11 @@ class PoolTimeout(TimeoutError):
 class PooledConnection:
     """A driver connection and what the pool knows of it."""
 
-    __slots__ = ("conn", "born", "expires", "generation", "fresh", "pid")
+    __slots__ = ("conn", "cursor", "born", "expires", "generation", "fresh", "pid")
 
     def __init__(self, conn: Any, expires: float, generation: int):
         self.conn = conn
+        self.cursor: Any = None  # kept for the next statement (Dialect.keep_cursor)
         self.pid = os.getpid()
         self.born = time.monotonic()
         self.expires = expires
