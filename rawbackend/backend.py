@@ -8,12 +8,12 @@ from datetime import datetime, timedelta, timezone
 from functools import partial
 
 from celery import states
-from celery.backends.base import BaseBackend
+from celery.backends.base import BaseBackend, decompress_payload
 from celery.exceptions import BackendGetMetaError, ImproperlyConfigured, TimeoutError
 from celery.result import result_from_tuple
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import maybe_timedelta
-from kombu.exceptions import EncodeError
+from kombu.exceptions import DecodeError, EncodeError
 from kombu.serialization import registry as serializers
 from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
@@ -290,6 +290,21 @@ class DatabaseBackend(BaseBackend):
             return entry[2](data)
         except Exception as exc:  # as kombu's dumps: EncodeError, the cause kept
             raise EncodeError(exc) from exc
+
+    def decode(self, payload):
+        """As Celery's ``decode``, with the decoder of an accepted content type
+        called directly (kombu's ``loads`` checks and wraps each call)."""
+        accept = self.accept
+        decoder = serializers._decoders.get(self.content_type) if payload else None
+        if decoder is None or accept is None or self.content_type not in accept:
+            return super().decode(payload)  # kombu raises what it would
+        payload = decompress_payload(payload)
+        if not payload:
+            return super().decode(payload)
+        try:
+            return decoder(payload)
+        except Exception as exc:  # as kombu's loads: DecodeError, the cause kept
+            raise DecodeError(exc) from exc
 
     def _update_result(self, task, result, state, traceback=None, request=None):
         """Set ``task``'s columns as a store would (Celery's name for it)."""
