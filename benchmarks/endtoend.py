@@ -40,7 +40,7 @@ from celery import Celery, chord, group
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from .floor import TASK_TABLE, Floor, table_conf
+from .floor import TASK_TABLE, Floor, mask, table_conf
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 BROKER_ENV = "RAWBACKEND_BENCH_BROKER"
@@ -200,11 +200,11 @@ class EndToEnd:
         if not self._broker_checked:
             self._broker_checked = True
             if not self.broker_url.startswith("filesystem:") and not broker_answers(self.broker_url):
-                self.bench.notes.append(f"e2e: no broker answers at {self.broker_url}; "
+                self.bench.notes.append(f"e2e: no broker answers at {mask(self.broker_url)}; "
                                         "using kombu's filesystem:// instead")
                 self.broker_url = "filesystem://"
             else:
-                self.bench.notes.append(f"e2e: broker {self.broker_url.split('@')[-1]}, "
+                self.bench.notes.append(f"e2e: broker {mask(self.broker_url)}, "
                                         f"queue {self.queue}")
         if not self.broker_url.startswith("filesystem:"):
             return {"broker_url": self.broker_url}
