@@ -121,9 +121,10 @@ class Session:
 
 
 def _execute(pooled: PooledConnection, keep: bool, sql, params, consume):
+    conn = pooled.conn
     cursor = pooled.cursor
-    if cursor is None:
-        cursor = pooled.conn.cursor()
+    if cursor is None or pooled.cursor_of is not conn:
+        cursor = conn.cursor()
     try:
         if params is None:
             cursor.execute(sql)
@@ -136,7 +137,7 @@ def _execute(pooled: PooledConnection, keep: bool, sql, params, consume):
         _close_quietly(cursor)
         raise
     if keep:
-        pooled.cursor = cursor
+        pooled.cursor, pooled.cursor_of = cursor, conn
     else:
         cursor.close()
     return result
