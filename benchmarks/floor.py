@@ -11,6 +11,8 @@ Dialect knowledge of the benchmark lives here, in the ``SQL`` table.
 """
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -19,10 +21,30 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 # Names of the tables, and on a server of the schema (PostgreSQL) or database
 # (MySQL/MariaDB) that holds them and their sequences, that the benchmark owns
-# and drops at the end.
+# and drops at the end. The schema's name can be changed (``--schema``,
+# $RAWBACKEND_BENCH_SCHEMA) so that runs on one server keep apart: on MySQL
+# it is a database of the server's, shared by every user of it.
 TASK_TABLE = "bench_taskmeta"
 GROUP_TABLE = "bench_tasksetmeta"
-SCHEMA = "rawbackend_bench"
+SCHEMA_ENV = "RAWBACKEND_BENCH_SCHEMA"
+DEFAULT_SCHEMA = "rawbackend_bench"
+SCHEMA = DEFAULT_SCHEMA
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def set_schema(name: str) -> None:
+    """Use ``name`` for the benchmark's schema (PostgreSQL) or database (MySQL),
+    here and in the processes this one starts (they read the environment)."""
+    global SCHEMA
+    if not SCHEMA_NAME.fullmatch(name):
+        raise ValueError(f"benchmark schema name {name!r} is not 1 to 63 lower-case letters, "
+                         "digits or underscores starting with a letter or underscore")
+    SCHEMA = name
+    os.environ[SCHEMA_ENV] = name
+
+
+if os.environ.get(SCHEMA_ENV):
+    set_schema(os.environ[SCHEMA_ENV])
 
 # Slots: {task} and {group} are qualified table names; {id_col} and
 # {task_id}/{group_id} give the primary key where Celery's tables take it

@@ -35,7 +35,8 @@ from celery.result import AsyncResult, GroupResult
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.json import loads as json_loads
 
-from .floor import SCHEMA, Floor, Location, table_conf
+from . import floor as floor_module
+from .floor import Floor, Location, table_conf
 
 SMALL_RESULT: dict[str, Any] = {"user_id": 1234, "status": "ok", "items": 3}
 # About 10 KB once encoded as JSON.
@@ -64,10 +65,17 @@ class Settings:
     prefork_stores: int = 1000  # stores per child...
     prefork_seconds: float = 2.0  # ...or fewer, if the child has stored this long
     client_pause: float = 0.002  # between the stores of the concurrent storer
+    e2e: bool = True            # the end-to-end operations (endtoend.py)
+    e2e_rounds: int = 3
+    e2e_budget: float = 1.0     # seconds per contender per round (at least 3 calls)
+    waiters: int = 100          # threads of idle_waiters...
+    wait_seconds: float = 5.0   # ...and how long each waits
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(rounds=3, heavy_rounds=1, budget=0.05, cleanup_rows=10_000, prefork_stores=100)
+        # No end-to-end operations unless --only names them (workers, a broker).
+        return cls(rounds=3, heavy_rounds=1, budget=0.05, cleanup_rows=10_000, prefork_stores=100,
+                   e2e=False, e2e_rounds=2)
 
 
 @dataclass
@@ -87,6 +95,17 @@ class Operation:
     contenders: list[str]
     measure: Callable[[str], Sample]
     heavy: bool = False
+    rounds: int | None = None     # instead of Settings.rounds / heavy_rounds
+    warmup: bool | None = None    # default: a warm-up round unless heavy
+
+    @property
+    def warms_up(self) -> bool:
+        return not self.heavy if self.warmup is None else self.warmup
+
+    def round_count(self, settings: Settings) -> int:
+        if self.rounds is not None:
+            return self.rounds
+        return settings.heavy_rounds if self.heavy else settings.rounds
 
     @property
     def higher_is_better(self) -> bool:
@@ -116,7 +135,7 @@ class Bench:
     """All contenders for one database, and the operations run on them."""
 
     def __init__(self, loc: Location, settings: Settings, redis_url: str | None = None,
-                 coldstart_redis_url: str | None = None) -> None:
+                 coldstart_redis_url: str | None = None, broker_url: str | None = None) -> None:
         self.loc = loc
         self.settings = settings
         self.redis_url = redis_url
@@ -129,6 +148,8 @@ class Bench:
         self.ids: list[str] = []  # stored rows that get/exists/group/join read
         self.redis_ids: list[str] = []
         self.server = ""
+        self.broker_url = broker_url
+        self.e2e: Any = None  # endtoend.EndToEnd, made with the operations
 
     # -- set up and tear down ------------------------------------------------
     def setup(self) -> None:
@@ -200,6 +221,8 @@ class Bench:
 
     def teardown(self) -> None:
         """Close every connection and drop the tables; problems become notes."""
+        if self.e2e is not None:
+            self.e2e.close()
         if self.storer is not None:
             self.storer.close()
         for name, backend in self.backends.items():
@@ -221,7 +244,7 @@ class Bench:
             floor.close()
         except Exception as exc:
             self.notes.append(f"dropping the benchmark's tables failed ({type(exc).__name__}: {exc}): "
-                              f"drop {SCHEMA!r} (or the bench_* tables on SQLite) by hand")
+                              f"drop {floor_module.SCHEMA!r} (or the bench_* tables on SQLite) by hand")
 
     @property
     def contenders(self) -> list[str]:
@@ -260,7 +283,10 @@ class Bench:
             cold.append("redis")
         ops.append(Operation("coldstart", "cold start: build app + backend", "coldstart", "s",
                              cold, self._coldstart_round, heavy=True))
-        return ops
+        from .endtoend import EndToEnd
+
+        self.e2e = EndToEnd(self, self.broker_url)
+        return ops + self.e2e.operations()
 
     def _latency(self, key: str, title: str, calls: dict[str, Call]) -> Operation:
         def measure(name: str) -> Sample:

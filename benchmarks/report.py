@@ -40,13 +40,15 @@ def cell(op: OpResult, name: str) -> str:
         return "failed" if c.error else "-"
     if op.kind == "throughput":
         return f"{c.median:,.0f}"
+    if op.kind == "rate":
+        return f"{c.median:,.1f}"
     if op.kind in ("cleanup", "coldstart"):
         return fmt_ms(c.median)
     return f"{fmt_ms(c.median)} / {fmt_ms(c.p99)}"
 
 
 def unit(op: OpResult) -> str:
-    return {"throughput": "stores/s", "coldstart": "ms, median",
+    return {"throughput": "stores/s", "rate": "queries/s", "coldstart": "ms, median",
             "cleanup": "ms, median"}.get(op.kind, "ms, median / p99")
 
 
@@ -72,6 +74,11 @@ def details(op: OpResult) -> list[str]:
                 f"(app {ms['app']} + backend {ms['backend']}), first store {ms['first_store']} ms, "
                 f"process {ms['process_wall']} ms, peak RSS {x.get('rss_kib', 0) / 1024:.1f} MiB, "
                 f"{x.get('modules', 0):.0f} modules")
+        elif op.kind == "rate" and x:
+            server = (f"; the server counted {x['server_qps']:,.1f}/s" if "server_qps" in x else "")
+            lines.append(f"{name}: {x.get('queries', 0):,.0f} queries in {x.get('seconds', 0):.1f} s, "
+                         f"{x.get('per_waiter_after_1s', 0):.2f}/s per waiter after the first "
+                         f"second{server}")
         elif op.key == "store_client" and c.median:
             lines.append(f"{name}: {1 / c.median:,.0f} stores/s (1 / median)")
     return lines
@@ -187,7 +194,7 @@ def render_markdown(meta: dict[str, Any], databases: list[DatabaseResult], chart
 
 def chart_value(op: OpResult, c: ContenderResult) -> tuple[float, float] | None:
     """(median, p99) in milliseconds; throughput becomes ms per store."""
-    if c.median is None:
+    if c.median is None or op.kind == "rate":  # not a time
         return None
     if op.kind == "throughput":
         return 1000 / c.median, 1000 / c.median

@@ -26,11 +26,12 @@ from pathlib import Path
 import tqdm
 
 from . import report
-from .floor import Location
+from .floor import Location, set_schema
 from .operations import Bench, Operation, Sample, Settings
 
 RESULTS_DIR = Path(__file__).with_name("results")
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+E2E_KEYS = {"idle_waiters", "e2e_delay", "e2e_chord", "e2e_group"}  # endtoend.py
 
 
 @dataclass
@@ -187,7 +188,52 @@ def evaluate_targets(dialect: str, ops: dict[str, OpResult]) -> list[TargetResul
         check("cleanup(): longest concurrent store meanwhile, ms",
               raw_cleanup.extra.get("max_store_ms") if raw_cleanup else None, "<=", 100.0),
     ]
+    return targets + e2e_targets(dialect, ops)
+
+
+def e2e_targets(dialect: str, ops: dict[str, OpResult]) -> list[TargetResult]:
+    """The end-to-end targets, for the operations that ran."""
+    def vs_redis(key: str) -> tuple[float | None, str]:
+        op = ops[key]
+        if "redis" not in op.contenders:
+            return None, "n/a (no --redis)"
+        r = per_round_ratio(op.contenders.get("rawbackend"), op.contenders.get("redis"))
+        return (r.median if r else None), ""
+
+    def raw(key: str, extra: str | None = None) -> float | None:
+        c = ops[key].contenders.get("rawbackend")
+        if c is None or c.median is None:
+            return None
+        return c.median if extra is None else c.extra.get(extra)
+
+    targets = []
+    if "e2e_delay" in ops:
+        if dialect == "postgresql":
+            targets.append(check("delay().get() through a worker: rawbackend/redis",
+                                 *_swap(vs_redis("e2e_delay"), "<=", 1.5)))
+        else:
+            ms = raw("e2e_delay")
+            targets.append(check("delay().get() through a worker: rawbackend, ms",
+                                 None if ms is None else ms * 1000, "<=", 15.0))
+    if "e2e_chord" in ops:
+        targets.append(check("chord of 20 through a worker: rawbackend/redis",
+                             *_swap(vs_redis("e2e_chord"), "<=",
+                                    1.2 if dialect == "postgresql" else 2.0)))
+    if "idle_waiters" in ops:
+        if dialect == "postgresql":
+            targets.append(check("100 threads waiting 5 s on PENDING ids: rawbackend queries/s in all",
+                                 raw("idle_waiters"), "<=", 5.0,
+                                 "with the installed backend's store notification, if it has one"))
+        else:
+            targets.append(check("100 threads waiting 5 s on PENDING ids: rawbackend queries/s "
+                                 "per waiter after the first second",
+                                 raw("idle_waiters", "per_waiter_after_1s"), "<=", 2.0))
     return targets
+
+
+def _swap(measured: tuple[float | None, str], op: str, limit: float) -> tuple:
+    """check()'s arguments from (measured, note)."""
+    return measured[0], op, limit, measured[1]
 
 
 # -- running ----------------------------------------------------------------
@@ -197,9 +243,10 @@ def rotated(names: list[str], r: int) -> list[str]:
 
 
 def run_database(loc: Location, settings: Settings, redis_url: str | None,
-                 coldstart_redis: str | None, only: set[str] | None) -> DatabaseResult:
+                 coldstart_redis: str | None, only: set[str] | None,
+                 broker_url: str | None = None) -> DatabaseResult:
     started = time.perf_counter()
-    bench = Bench(loc, settings, redis_url, coldstart_redis)
+    bench = Bench(loc, settings, redis_url, coldstart_redis, broker_url)
     results: list[OpResult] = []
     try:
         try:
@@ -209,11 +256,12 @@ def run_database(loc: Location, settings: Settings, redis_url: str | None,
             bench.notes.append(f"set-up failed: {type(exc).__name__}: {exc}")
             return DatabaseResult(loc.masked, loc.dialect, bench.server, bench.notes, [],
                                   [], time.perf_counter() - started)
-        ops = [op for op in bench.operations() if not only or op.key in only]
+        ops = [op for op in bench.operations() if op.key in only] if only else [
+            op for op in bench.operations() if settings.e2e or op.key not in E2E_KEYS]
         unknown = sorted((only or set()) - {op.key for op in ops})
         if unknown:
             bench.notes.append(f"unknown operations in --only: {', '.join(unknown)}")
-        steps = sum((settings.heavy_rounds if op.heavy else settings.rounds + 1) for op in ops)
+        steps = sum(op.round_count(settings) + op.warms_up for op in ops)
         with tqdm.tqdm(total=steps, desc=loc.dialect, unit="round", file=sys.stderr,
                        dynamic_ncols=True) as bar:
             for op in ops:
@@ -243,11 +291,11 @@ def run_operation(op: Operation, settings: Settings, bar: tqdm.tqdm) -> OpResult
             tqdm.tqdm.write(f"{op.key} / {name} failed:\n{traceback.format_exc()}", file=sys.stderr)
             return None
 
-    if not op.heavy:  # one round of warm-up (connections, caches, imports), not recorded
+    if op.warms_up:  # one round of warm-up (connections, caches, imports, workers), not recorded
         for name in op.contenders:
             measure(name)
         bar.update(1)
-    for r in range(settings.heavy_rounds if op.heavy else settings.rounds):
+    for r in range(op.round_count(settings)):
         for name in rotated(op.contenders, r):
             samples[name].append(measure(name))
         bar.update(1)
@@ -291,6 +339,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a fast smoke run")
     parser.add_argument("--redis", metavar="URL",
                         help="add Celery's Redis backend as a contender for store/get/join")
+    parser.add_argument("--schema", metavar="NAME",
+                        help="the schema (PostgreSQL) or database (MySQL) the benchmark creates and "
+                             "drops (also $RAWBACKEND_BENCH_SCHEMA; default rawbackend_bench)")
+    parser.add_argument("--broker", metavar="URL",
+                        help="broker of the end-to-end operations (also $RAWBACKEND_BENCH_BROKER; "
+                             "default amqp://guest:guest@127.0.0.1:5672//, else filesystem://)")
+    parser.add_argument("--no-e2e", action="store_true",
+                        help="leave out the end-to-end operations (workers; left out with --quick "
+                             "unless --only names them)")
     parser.add_argument("--only", metavar="OPS", help="comma-separated operation keys to run")
     parser.add_argument("--out", metavar="DIR", type=Path,
                         help="where to write report.md, results.json, chart.png "
@@ -298,6 +355,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.schema is not None:
+        try:
+            set_schema(args.schema)
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -307,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         settings.rounds = args.rounds
         settings.heavy_rounds = max(1, round(args.rounds / 2))
+        settings.e2e_rounds = max(1, round(args.rounds / 3))
+    if args.no_e2e:
+        settings.e2e = False
     tqdm.tqdm.monitor_interval = 0  # no monitor thread: the benchmark forks
 
     urls = args.url or os.environ.get("RAWBACKEND_BENCH_URLS", "").split()
@@ -328,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     databases = []
     try:
         for loc in locations:
-            databases.append(run_database(loc, settings, args.redis, coldstart_redis, only))
+            databases.append(run_database(loc, settings, args.redis, coldstart_redis, only,
+                                          args.broker))
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)

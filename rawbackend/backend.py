@@ -10,11 +10,13 @@ from datetime import datetime, timedelta, timezone
 from functools import partial
 
 from celery import maybe_signature, states
-from celery.backends.base import BaseBackend
+from celery.backends.base import BaseBackend, decompress_payload
 from celery.exceptions import BackendGetMetaError, ChordError, ImproperlyConfigured, TimeoutError
 from celery.result import allow_join_result, result_from_tuple
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import maybe_timedelta
+from kombu.exceptions import DecodeError, EncodeError
+from kombu.serialization import registry as serializers
 from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
 from .errors import ValueTooLarge, classify
@@ -310,7 +312,9 @@ class DatabaseBackend(BaseBackend):
             "task_id": task_id,
             "status": state,
             "result": ensure_bytes(self.encode(result)),
-            "date_done": self.app.now() if state in states.READY_STATES else None,
+            # The instant app.now() gives, without its trip through the app's
+            # time zone: it is stored as naive UTC whatever the zone.
+            "date_done": datetime.now(timezone.utc) if state in states.READY_STATES else None,
             "traceback": traceback,
             "children": ensure_bytes(self.encode(children)) if children else None,
         }
@@ -335,6 +339,33 @@ class DatabaseBackend(BaseBackend):
                 "stamps": {h: v for h, v in stamps.items() if h in stamped_headers},
             })) if stamped_headers else None
         return row
+
+    def encode(self, data):
+        """As Celery's ``encode``, with the serializer's encoder called directly:
+        kombu's ``dumps`` looks it up and enters a context manager each call.
+        Compression, ``raw`` and unknown serializers take Celery's path."""
+        entry = None if self.compression else serializers._encoders.get(self.serializer)
+        if entry is None:
+            return super().encode(data)
+        try:
+            return entry[2](data)
+        except Exception as exc:  # as kombu's dumps: EncodeError, the cause kept
+            raise EncodeError(exc) from exc
+
+    def decode(self, payload):
+        """As Celery's ``decode``, with the decoder of an accepted content type
+        called directly (kombu's ``loads`` checks and wraps each call)."""
+        accept = self.accept
+        decoder = serializers._decoders.get(self.content_type) if payload else None
+        if decoder is None or accept is None or self.content_type not in accept:
+            return super().decode(payload)  # kombu raises what it would
+        payload = decompress_payload(payload)
+        if not payload:
+            return super().decode(payload)
+        try:
+            return decoder(payload)
+        except Exception as exc:  # as kombu's loads: DecodeError, the cause kept
+            raise DecodeError(exc) from exc
 
     def _update_result(self, task, result, state, traceback=None, request=None):
         """Set ``task``'s columns as a store would (Celery's name for it)."""

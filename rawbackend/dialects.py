@@ -87,6 +87,10 @@ class Dialect:
     # it in seconds (SQLite's busy timeout), or None: the ``set_lock_timeout``
     # statement of sql/<name>/session.sql runs once on each new connection.
     lock_timeout_param: str | None = None
+    # Whether a connection keeps one cursor for all its statements: a new
+    # psycopg cursor costs microseconds per statement. Not on SQLite, where an
+    # open cursor on an unfinished SELECT would keep a read transaction open.
+    keep_cursor: bool = True
 
     def quote_identifier(self, name: str) -> str:
         return f"{self.quote}{name}{self.quote}"
@@ -267,6 +271,7 @@ MYSQL = Dialect(
 
 SQLITE = Dialect(
     name="sqlite",
+    keep_cursor=False,
     driver="sqlite3",
     paramstyle="named",
     schemes=("sqlite", "sqlite+pysqlite"),

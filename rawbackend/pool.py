@@ -26,10 +26,14 @@ class PoolTimeout(TimeoutError):
 class PooledConnection:
     """A driver connection and what the pool knows of it."""
 
-    __slots__ = ("conn", "born", "expires", "generation", "fresh", "pid")
+    __slots__ = ("conn", "cursor", "cursor_of", "born", "expires", "generation", "fresh", "pid")
 
     def __init__(self, conn: Any, expires: float, generation: int):
         self.conn = conn
+        # A cursor kept for the next statement (Dialect.keep_cursor), and the
+        # connection object it came from: used only while that is still .conn.
+        self.cursor: Any = None
+        self.cursor_of: Any = None
         self.pid = os.getpid()
         self.born = time.monotonic()
         self.expires = expires

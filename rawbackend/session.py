@@ -101,7 +101,7 @@ class Session:
         if engine.echo:
             echo_logger.info("%s %r", sql, params)
         try:
-            return _execute(self._pooled.conn, sql, params, consume)
+            return _execute(self._pooled, engine.dialect.keep_cursor, sql, params, consume)
         except Exception as exc:
             verdict = classify(engine.dialect.errors, exc)
             if verdict is None:
@@ -125,19 +125,37 @@ class Session:
                 raise
             logger.info("rawbackend: %s; running the statement again on a new connection", exc)
             self._pooled = engine.getconn()
-            return _execute(self._pooled.conn, sql, params, consume)
+            return _execute(self._pooled, engine.dialect.keep_cursor, sql, params, consume)
 
 
-def _execute(conn, sql, params, consume):
-    cursor = conn.cursor()
+def _execute(pooled: PooledConnection, keep: bool, sql, params, consume):
+    conn = pooled.conn
+    cursor = pooled.cursor
+    if cursor is None or pooled.cursor_of is not conn:
+        cursor = conn.cursor()
     try:
         if params is None:
             cursor.execute(sql)
         else:
             cursor.execute(sql, params)
-        return consume(cursor, sql)
-    finally:
+        result = consume(cursor, sql)
+    except BaseException:
+        # After an error, the next statement gets a cursor of its own.
+        pooled.cursor = None
+        _close_quietly(cursor)
+        raise
+    if keep:
+        pooled.cursor, pooled.cursor_of = cursor, conn
+    else:
         cursor.close()
+    return result
+
+
+def _close_quietly(cursor) -> None:
+    try:
+        cursor.close()
+    except Exception:  # the connection is broken: nothing more to release
+        pass
 
 
 def _rowcount(cursor, sql: str) -> int:

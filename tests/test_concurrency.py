@@ -151,7 +151,8 @@ def connection_guard(monkeypatch):
     users: dict[int, set[int]] = defaultdict(set)
     overlaps: list[str] = []
 
-    def checked_execute(conn, sql, params, consume):
+    def checked_execute(pooled, keep_cursor, sql, params, consume):
+        conn = pooled.conn
         with guard:
             lock = locks.setdefault(id(conn), threading.Lock())
             keep[id(conn)] = conn
@@ -161,7 +162,7 @@ def connection_guard(monkeypatch):
                             "while another thread runs a statement on it")
             raise AssertionError(overlaps[-1])
         try:
-            return real_execute(conn, sql, params, consume)
+            return real_execute(pooled, keep_cursor, sql, params, consume)
         finally:
             lock.release()
 
