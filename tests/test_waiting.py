@@ -421,14 +421,15 @@ def test_long_wait_polls_at_most_once_per_interval(db, waiter):
 
 def test_wait_for_change_is_the_one_place_that_waits(db):
     """The seam a notification (PostgreSQL LISTEN) plugs into: every wait, of
-    get() and of get_many(), goes through ``_wait_for_change(task_ids, pause)``."""
-    backend = db.backend()
+    get() and of get_many(), goes through ``_wait_for_change(task_ids, pause)``
+    (here polling: with notifications, see test_notify.py, fewer waits)."""
+    backend = db.backend(database_notify=False)
     calls = []
     real = backend._wait_for_change
 
-    def spy(task_ids, pause):
+    def spy(task_ids, pause, *watch):
         calls.append((set(task_ids), pause))
-        return real(task_ids, pause)
+        return real(task_ids, pause, *watch)
 
     backend._wait_for_change = spy
     a, b = new_id(), new_id()
