@@ -37,10 +37,13 @@ WIDEN_LATER = "run `rawbackend migrate` (next release)"
 # Ids per statement of a native join's poll: bounded statements and result
 # sets (each driver passes the ids as one parameter, so no parameter limit).
 GET_MANY_CHUNK = 1000
-# Whether stores notify waiters and waiters listen (where the dialect has
-# notify_* statements: PostgreSQL). Measured with 8 writers (benchmarks/notify.py):
-# notifying costs stores no measurable throughput, and saves idle waiters' polls.
-DEFAULT_NOTIFY = True
+# Whether stores notify waiters and waiters listen (``database_notify``; only
+# where the dialect has notify_ statements: PostgreSQL). Off by default: with 8
+# concurrent writers NOTIFY's commit lock cost 36% of the stores/s (2,304 -> 1,466,
+# benchmarks/notify.py), on every worker's hot path, while the adaptive poll
+# already sees a result within ~50 ms. On (in workers and waiters alike), a
+# result wakes its waiter in ~3 ms and 100 idle waiters cost < 1 query/s.
+DEFAULT_NOTIFY = False
 
 
 def _encodes(text: str) -> bool:
@@ -479,8 +482,13 @@ class DatabaseBackend(BaseBackend):
         probe_sql = self.tables.sql["notify_probe"]
 
         def probe(payload: str) -> None:
-            with Session(engine) as session:
-                session.execute(probe_sql, {"payload": payload})
+            # On a connection of its own, closed at once: a pooled one could
+            # outlive the pool's dispose() in the listener's hands.
+            conn = engine.connect()
+            try:
+                conn.execute(probe_sql, {"payload": payload})
+            finally:
+                conn.close()
 
         return Listener(engine.connect, self.tables.sql, probe,
                         name=f"{engine.name} {self.tables.sql['notify_listen'][len('LISTEN '):]}")
