@@ -280,13 +280,15 @@ def test_a_forked_child_listens_on_its_own_and_the_parent_keeps_its_listener(pg_
 def test_100_idle_waiters_cost_at_most_5_queries_a_second(pg_db):
     """100 threads waiting on PENDING ids (default interval 0.5 s: 200
     queries/s polling): every statement of the backend's connections, the
-    listener's included, counted in the server's log over a 3 s window."""
+    listener's included, counted in the server's log over a 6.5 s window,
+    which holds one of the listener's safety checks (every 5 to 6 s): the
+    count sees the listener's statements too."""
     name = f"rawtest_{uuid.uuid4().hex[:12]}"
     backend = pg_db.backend(database_notify=True, database_engine_options={
         "connect_args": {"options": "-c log_statement=all", "application_name": name},
     })
     backend.store_result("warm", 0, states.SUCCESS)
-    waiters = [Waiter(backend, [new_id()], timeout=8.0) for _ in range(100)]
+    waiters = [Waiter(backend, [new_id()], timeout=12.0) for _ in range(100)]
     for waiter in waiters:
         waiter.start()
     listener = wait_listening(backend)
@@ -295,7 +297,7 @@ def test_100_idle_waiters_cost_at_most_5_queries_a_second(pg_db):
     with psycopg.connect(pg_db.url, autocommit=True) as admin:
         log = PostgresLog(admin)
         started = time.monotonic()
-        time.sleep(3.0)
+        time.sleep(6.5)
         window = time.monotonic() - started
         pids = {row[0] for row in bare_all(
             admin, "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,))}
@@ -305,6 +307,7 @@ def test_100_idle_waiters_cost_at_most_5_queries_a_second(pg_db):
     assert listener._conn.info.backend_pid in pids
     print(f"100 idle waiters: {len(ours)} statements in {window:.1f}s")
     assert len(ours) <= 5 * window, ours
+    assert any("SELECT task_id FROM" in line for line in ours), ours  # the safety check, seen
     for waiter in waiters:
         with pytest.raises(Exception, match="timed out"):
             waiter.result()
