@@ -73,6 +73,9 @@ class Watch:
             self.epoch = None
             if self.event.wait(pause):
                 self.event.clear()
+            if listener.active:
+                # Listening from now on: the read that follows is covered.
+                self.epoch = listener.epoch
             return
         if self.epoch != epoch:
             # LISTEN became active after this waiter's last read: a store in

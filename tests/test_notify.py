@@ -231,10 +231,12 @@ def test_the_listener_comes_back_after_its_connection_is_killed(pg_db, no_poll):
 def test_a_forked_child_listens_on_its_own_and_the_parent_keeps_its_listener(pg_db, no_poll):
     backend = pg_db.backend(database_notify=True)
     backend.store_result("warm", 0, states.SUCCESS)
-    warm = Waiter(backend, ["warm"])
-    warm.start()
-    assert warm.result() == 0
+    first = new_id()
+    waiter = Waiter(backend, [first])  # the parent listens while it waits
+    waiter.start()
     listener = wait_listening(backend)
+    backend.store_result(first, 1, states.SUCCESS)
+    assert waiter.result() == 1
     epoch, pid = listener.epoch, listener._conn.info.backend_pid
     in_child, in_parent = new_id(), new_id()
     read, write = os.pipe()
@@ -382,3 +384,27 @@ def test_behind_pgbouncer_notifications_are_found_unusable_and_waiters_poll(pg_d
     started = time.monotonic()
     assert waiter.result() == 2
     assert time.monotonic() - started < 2.0  # the adaptive poll (interval 0.5 s)
+
+
+def test_an_idle_listener_closes_its_connection_and_listens_again_for_the_next_waiter(
+        pg_db, no_poll, monkeypatch):
+    monkeypatch.setattr(listen, "IDLE_CLOSE", 0.5)
+    backend = pg_db.backend(database_notify=True)
+    backend.store_result("warm", 0, states.SUCCESS)
+    first, second = new_id(), new_id()
+    waiter = Waiter(backend, [first])
+    waiter.start()
+    listener = wait_listening(backend)
+    epoch, pid = listener.epoch, listener._conn.info.backend_pid
+    backend.store_result(first, 1, states.SUCCESS)
+    assert waiter.result() == 1
+    wait_until(lambda: not listener.active and listener._conn is None, "the idle listener closing")
+    wait_until(lambda: not pg_db.query("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)),
+               "its server connection gone")
+    waiter = Waiter(backend, [second])
+    waiter.start()
+    wait_until(lambda: listener.active and listener.epoch > epoch, "listening again")
+    time.sleep(0.3)
+    stored_at = store_in_another_process(pg_db, second)
+    assert waiter.result() == 42
+    assert waiter.returned_at - stored_at < PROMPT
