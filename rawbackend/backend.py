@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from datetime import datetime, timedelta, timezone
 from contextlib import nullcontext
+from datetime import datetime, timedelta, timezone
 from functools import partial
 
 from celery import states
