@@ -39,9 +39,9 @@ WIDEN_LATER = "run `rawbackend migrate` (next release)"
 GET_MANY_CHUNK = 1000
 # Whether stores notify waiters and waiters listen (``database_notify``; only
 # where the dialect has notify_ statements: PostgreSQL). Off by default: with 8
-# concurrent writers NOTIFY's commit lock cost 34-36% of the stores/s (4,643 -> 3,060,
-# 2,304 -> 1,466 on a busier machine;
-# benchmarks/notify.py), on every worker's hot path, while the adaptive poll
+# concurrent writers NOTIFY's commit lock cost 34-36% of the stores/s (4,643 ->
+# 3,060, and 2,304 -> 1,466 on a busier machine: benchmarks/notify.py), on
+# every worker's hot path, while the adaptive poll
 # already sees a result within ~50 ms. On (in workers and waiters alike), a
 # result wakes its waiter in ~3 ms and 100 idle waiters cost < 1 query/s.
 DEFAULT_NOTIFY = False
