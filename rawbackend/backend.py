@@ -6,6 +6,7 @@ import math
 import pickle
 import time
 import uuid
+from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
 from functools import partial
 
@@ -20,6 +21,7 @@ from kombu.serialization import registry as serializers
 from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
 from .errors import ValueTooLarge, classify
+from .listen import Listener, Watch, listener_for
 from .models import ChordPart, Task, TaskExtended, TaskSet, Tables
 from .session import Session, SessionManager
 from .url import parse_url, strip_prefix
@@ -39,6 +41,14 @@ WIDEN_LATER = "run `rawbackend migrate` (next release)"
 # Ids per statement of a native join's poll: bounded statements and result
 # sets (each driver passes the ids as one parameter, so no parameter limit).
 GET_MANY_CHUNK = 1000
+# Whether stores notify waiters and waiters listen (``database_notify``; only
+# where the dialect has notify_ statements: PostgreSQL). Off by default: with 8
+# concurrent writers NOTIFY's commit lock cost 34-36% of the stores/s (4,643 ->
+# 3,060, and 2,304 -> 1,466 on a busier machine: benchmarks/notify.py), on
+# every worker's hot path, while the adaptive poll
+# already sees a result within ~50 ms. On (in workers and waiters alike), a
+# result wakes its waiter in ~3 ms and 100 idle waiters cost < 1 query/s.
+DEFAULT_NOTIFY = False
 
 
 def _encodes(text: str) -> bool:
@@ -161,6 +171,15 @@ class DatabaseBackend(BaseBackend):
         self._get_statement = "get_task_meta_extended" if self.extended_result else "get_task_meta"
         self._get_many_statement = "get_many_extended" if self.extended_result else "get_many"
         self._extended_columns = issubclass(self.task_cls, TaskExtended)
+        notify = kwargs.get("notify", conf.get("database_notify", DEFAULT_NOTIFY))
+        if not isinstance(notify, bool):
+            raise ImproperlyConfigured(f"rawbackend: database_notify must be True or False, got {notify!r}")
+        # Stores notify, and waiters listen, only where the dialect can (its
+        # SQL files have the notify_ statements) and the user did not say no.
+        self.notify = notify and f"notify_{self._store_statement}" in self.tables.sql
+        self._notify_asked = notify
+        if self.notify:
+            self._store_statement = f"notify_{self._store_statement}"
 
         engine_callback = kwargs.get("engine_callback", conf.database_engine_callback)
         if isinstance(engine_callback, str):
@@ -438,16 +457,17 @@ class DatabaseBackend(BaseBackend):
         """
         self._ensure_not_eager()
         schedule = pauses(interval, timeout)
-        while True:
-            meta = self.get_task_meta(task_id)
-            if meta["status"] in states.READY_STATES:
-                return meta
-            if on_interval:
-                on_interval()
-            pause = next(schedule, None)
-            if pause is None:
-                raise TimeoutError("The operation timed out.")
-            self._wait_for_change((task_id,), pause)
+        with self._watch((task_id,), timeout) as watch:  # before the first read
+            while True:
+                meta = self.get_task_meta(task_id)
+                if meta["status"] in states.READY_STATES:
+                    return meta
+                if on_interval:
+                    on_interval()
+                pause = next(schedule, None)
+                if pause is None:
+                    raise TimeoutError("The operation timed out.")
+                self._wait_for_change((task_id,), pause, watch)
 
     def get_many(self, task_ids, timeout=None, interval=0.5, no_ack=True,
                  on_message=None, on_interval=None, max_iterations=None,
@@ -479,25 +499,26 @@ class DatabaseBackend(BaseBackend):
                 ids.discard(task_id)
                 yield task_id, cached
         iterations = 0
-        while ids:
-            found = self._ready_metas(ids, READY_STATES)
-            cache.update(found)
-            ids.difference_update(found)
-            for task_id, meta in found.items():
-                if on_message is not None:
-                    on_message(meta)
-                yield task_id, meta
-            if not ids:
-                break
-            pause = next(schedule, None)
-            if pause is None:
-                raise TimeoutError(f"Operation timed out ({timeout})")
-            if on_interval:
-                on_interval()
-            self._wait_for_change(ids, pause)
-            iterations += 1
-            if max_iterations and iterations >= max_iterations:
-                break
+        with self._watch(ids, timeout) as watch:  # before the first poll
+            while ids:
+                found = self._ready_metas(ids, READY_STATES)
+                cache.update(found)
+                ids.difference_update(found)
+                for task_id, meta in found.items():
+                    if on_message is not None:
+                        on_message(meta)
+                    yield task_id, meta
+                if not ids:
+                    break
+                pause = next(schedule, None)
+                if pause is None:
+                    raise TimeoutError(f"Operation timed out ({timeout})")
+                if on_interval:
+                    on_interval()
+                self._wait_for_change(ids, pause, watch)
+                iterations += 1
+                if max_iterations and iterations >= max_iterations:
+                    break
 
     def _ready_metas(self, task_ids, ready_states) -> dict:
         """One poll: the metas of those of ``task_ids`` that are ready. Each
@@ -524,14 +545,46 @@ class DatabaseBackend(BaseBackend):
         with self.ResultSession() as session:
             return session.fetch_all(self.tables.sql[self._get_many_statement], params)
 
-    def _wait_for_change(self, task_ids, pause: float) -> None:
-        """Wait ``pause`` seconds before the next poll for ``task_ids`` (the
-        ids still pending; read them during the call only).
+    def _wait_for_change(self, task_ids, pause: float, watch: Watch | None = None) -> None:
+        """Wait before the next poll for ``task_ids`` (the ids still pending;
+        read them during the call only): ``pause`` seconds, or with ``watch``
+        (notifications on) until a store of one of them is notified, the
+        listener asks for a re-check, or the deadline; while the listener is
+        not listening, ``pause`` seconds at most.
 
-        The one place where waiters wait: a store notification (PostgreSQL
-        LISTEN) can end the wait early by overriding this.
+        The one place where waiters wait.
         """
-        time.sleep(pause)
+        if watch is None:
+            time.sleep(pause)
+        else:
+            watch.wait(pause)
+
+    def _watch(self, task_ids, timeout: float | None):
+        """A context in which the process's listener wakes this waiter for
+        ``task_ids``: a ``Watch``, or None when notifications are off."""
+        if not self.notify:
+            return nullcontext()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listener = listener_for((self.url, self.tables.sql["notify_listen"]), self._make_listener)
+        return listener.watch(task_ids, deadline)
+
+    def _make_listener(self) -> Listener:
+        # Only the pool and the SQL go into the listener (it outlives this
+        # backend in the process's registry), never the backend itself.
+        engine = self.session_manager.get_engine(self.url, **self.engine_options)
+        probe_sql = self.tables.sql["notify_probe"]
+
+        def probe(payload: str) -> None:
+            # On a connection of its own, closed at once: a pooled one could
+            # outlive the pool's dispose() in the listener's hands.
+            conn = engine.connect()
+            try:
+                conn.execute(probe_sql, {"payload": payload})
+            finally:
+                conn.close()
+
+        return Listener(engine.connect, self.tables.sql, probe,
+                        name=f"{engine.name} {self.tables.sql['notify_listen'][len('LISTEN '):]}")
 
     def task_result_exists(self, task_id):
         """Whether a result exists in the database for ``task_id``."""
@@ -754,5 +807,6 @@ class DatabaseBackend(BaseBackend):
             "accept": list(self.accept),
             "reconnect_timeout": self.reconnect_timeout,
             "lock_timeout": self.lock_timeout,
+            "notify": self._notify_asked,
         })
         return super().__reduce__(args, kwargs)

@@ -1,8 +1,10 @@
 """The rows: ``Task``, ``TaskExtended``, ``TaskSet``, and the tables they live in."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import string
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import ClassVar, NamedTuple
@@ -162,10 +164,27 @@ class Capacity(NamedTuple):
         return size if size > self.limit else None
 
 
-SLOT_KINDS = ("table", "table_name", "index", "index_name", "sequence", "sequence_name")
+CHANNEL_PREFIX = "rawbackend:"
+_CHANNEL_SAFE = frozenset(string.ascii_letters + string.digits + "_.-$")
+
+
+def channel_of(schema: str | None, table: str) -> str:
+    """The notification channel of a task table: ``rawbackend:schema.table``,
+    or a digest of that when it is longer than an identifier may be (63
+    bytes) or holds characters that a quoted name or a literal would need
+    escaped."""
+    name = f"{schema}.{table}" if schema else table
+    channel = CHANNEL_PREFIX + name
+    if len(channel) > 63 or not set(name) <= _CHANNEL_SAFE:
+        channel = CHANNEL_PREFIX + hashlib.sha256(name.encode("utf-8")).hexdigest()[:40]
+    return channel
+
+
+SLOT_KINDS = ("table", "table_name", "index", "index_name", "sequence", "sequence_name",
+              "channel", "channel_name")
 KNOWN_SLOTS = frozenset(
     {f"{prefix}_{kind}" for prefix in ("task", "group") for kind in SLOT_KINDS}
-    | {f"chord_{kind}" for kind in SLOT_KINDS if not kind.startswith("sequence")}
+    | {f"chord_{kind}" for kind in SLOT_KINDS if not kind.startswith(("sequence", "channel"))}
 )
 REQUIRED = frozenset({
     "store_result", "store_result_extended", "get_task_meta", "get_task_meta_extended",
@@ -258,6 +277,10 @@ class Tables:
             f"{prefix}_table_name": q(model.table_name),
             f"{prefix}_index": f"{schema}{q(index)}",
             f"{prefix}_index_name": q(index),
+            # The table's notification channel: LISTEN takes it quoted,
+            # pg_notify() as a string.
+            f"{prefix}_channel": q(channel_of(model.table_schema, model.table_name)),
+            f"{prefix}_channel_name": f"'{channel_of(model.table_schema, model.table_name)}'",
         }
         if model.__sequence__ is not None:
             sequence = f"{schema}{q(model.__sequence__)}"

@@ -338,7 +338,11 @@ def apply_lock_timeout(engine: Pool, seconds: float) -> None:
     params = {"ms": str(max(1, round(seconds * 1000))), "seconds": max(1, math.ceil(seconds))}
 
     def set_lock_timeout(conn) -> None:
-        _execute(conn, sql, params, _rowcount)
+        cursor = conn.cursor()  # a new connection, not pooled yet: no kept cursor
+        try:
+            cursor.execute(sql, params)
+        finally:
+            cursor.close()
 
     engine.on_connect.append(set_lock_timeout)
 

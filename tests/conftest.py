@@ -146,6 +146,9 @@ def mysql_account(db: Database):
 
 
 def _drop(db: Database) -> None:
+    from rawbackend import listen
+
+    listen.stop_all()  # listeners' connections close: none pile up over a run
     for app in db.apps:
         backend = getattr(app, "_backend", None)
         manager = getattr(backend, "session_manager", None)

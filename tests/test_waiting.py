@@ -320,7 +320,8 @@ def test_join_of_200_is_one_statement_per_poll(db):
     if db.dialect == "postgresql":
         # Only this backend's statements are logged (superuser, per connection).
         options = {"connect_args": {"options": "-c log_statement=all"}}
-    backend = db.backend(database_engine_options=options)
+    # The poll itself (with notifications, test_notify.py, fewer polls).
+    backend = db.backend(database_engine_options=options, database_notify=False)
     ids = [new_id() for _ in range(200)]
     store(backend, ids[:100])
     rounds = []
@@ -390,7 +391,7 @@ LONG_WAIT = 2.2  # seconds
 
 
 def _poll_times(db, waiter: str) -> list[float]:
-    backend = db.backend()
+    backend = db.backend(database_notify=False)  # the poll itself (test_notify.py: woken)
     backend.get_task_meta(new_id())  # warm
     task_id = new_id()
     with Counted(backend) as counted:
@@ -421,14 +422,15 @@ def test_long_wait_polls_at_most_once_per_interval(db, waiter):
 
 def test_wait_for_change_is_the_one_place_that_waits(db):
     """The seam a notification (PostgreSQL LISTEN) plugs into: every wait, of
-    get() and of get_many(), goes through ``_wait_for_change(task_ids, pause)``."""
-    backend = db.backend()
+    get() and of get_many(), goes through ``_wait_for_change(task_ids, pause)``
+    (here polling: with notifications, see test_notify.py, fewer waits)."""
+    backend = db.backend(database_notify=False)
     calls = []
     real = backend._wait_for_change
 
-    def spy(task_ids, pause):
+    def spy(task_ids, pause, *watch):
         calls.append((set(task_ids), pause))
-        return real(task_ids, pause)
+        return real(task_ids, pause, *watch)
 
     backend._wait_for_change = spy
     a, b = new_id(), new_id()
