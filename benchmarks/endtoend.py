@@ -334,6 +334,9 @@ class EndToEnd:
         conf = {k: v for k, v in self.conf(name).items() if not k.startswith("broker")}
         if name == "rawbackend":
             conf["database_engine_options"] = {"echo": True}
+            # The target is for waiters woken by notifications (PostgreSQL;
+            # ignored elsewhere), which users turn on where many wait.
+            conf["database_notify"] = True
         app.conf.update(conf)
         backend = app.backend
         counter = QueryCounter()
