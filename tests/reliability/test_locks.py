@@ -15,7 +15,7 @@ import pytest
 from celery import states
 from celery.exceptions import BackendStoreError, ImproperlyConfigured
 
-from conftest import raw_connect, wait_until
+from conftest import raw_connect
 
 IDS = [f"locked-{n}" for n in range(6)]
 HOLD = 3.0  # seconds the lock is held while stores wait
