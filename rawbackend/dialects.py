@@ -79,6 +79,7 @@ class Dialect:
     # The folder under sql/ whose statements replace this dialect's own on the
     # server behind a connection, or None (MariaDB answers mysql:// URLs).
     variant_of: Callable[[Any], str | None] = lambda conn: None
+    variants: tuple[str, ...] = ()  # what variant_of may answer
     # The bytes a statement with its parameters takes on the wire, to compare
     # with the server's max_statement (read only where there is one): exact
     # when it comes near ``limit``, a cheap upper bound below that.
@@ -266,6 +267,7 @@ MYSQL = Dialect(
     connect_defaults={"charset": "utf8mb4", "binary_prefix": True},
     socket_of=_mysql_socket,
     variant_of=_mysql_variant,
+    variants=("mariadb",),
     statement_size=_mysql_statement_size,
 )
 
