@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import errcodes
 from .errors import ErrorRules
 
-__all__ = ("Dialect", "DIALECTS", "POSTGRESQL", "MYSQL", "SQLITE")
+__all__ = ("Dialect", "DIALECTS", "POSTGRESQL", "MYSQL", "SQLITE", "Batching")
 
 
 def _same(value):
@@ -45,6 +45,18 @@ def _maybe_int(value: Any) -> int | None:
 
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How cleanup deletes: ``rows`` a batch at most (and the first batch's
+    size); with ``seconds``, batches sized to hold their locks about that
+    long; ``pause`` seconds between batches, with no lock held."""
+
+    rows: int
+    seconds: float | None = None
+    pause: float = 0.0
+    least: int = 100  # the smallest batch an adaptive size goes down to
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,10 @@ class Dialect:
     # psycopg cursor costs microseconds per statement. Not on SQLite, where an
     # open cursor on an unfinished SELECT would keep a read transaction open.
     keep_cursor: bool = True
+    # cleanup()'s batches. On the servers a batch locks only the rows it
+    # deletes, which stores never touch: the size only trades round trips
+    # against the length of one transaction.
+    cleanup: Batching = Batching(rows=5000)
 
     def quote_identifier(self, name: str) -> str:
         return f"{self.quote}{name}{self.quote}"
@@ -237,6 +253,9 @@ POSTGRESQL = Dialect(
     connect_defaults={"connect_timeout": 10},
     unprepare_codes=errcodes.POSTGRESQL_UNPREPARE,
     socket_of=_postgresql_socket,
+    # 10,000 by ctid: as fast as one plain DELETE (5,000: 1.3-1.8x, the date_done
+    # index walked past more dead entries); 20,000+: no faster, longer transactions.
+    cleanup=Batching(rows=10_000),
 )
 
 MYSQL = Dialect(
@@ -296,6 +315,13 @@ SQLITE = Dialect(
     encode_ids=json.dumps,  # sqlite3 binds no lists: a JSON array for json_each
     pool_overrides=_sqlite_pool_overrides,
     lock_timeout_param="timeout",
+    # One writer at a time, and a waiting store's busy handler retries after
+    # 1, 2, 5, 10, 15, 20, 25 ... ms: a batch that holds the write lock ~10 ms,
+    # then leaves it free 10 ms, lets any store in by the first pause (its
+    # retries are at most 10 ms apart for its first 18 ms). Back to back, the
+    # next batch took the lock before the store's retry: stores waited for the
+    # whole cleanup (330-530 ms for 100,000 rows).
+    cleanup=Batching(rows=20_000, seconds=0.010, pause=0.010),
 )
 
 DIALECTS: tuple[Dialect, ...] = (POSTGRESQL, MYSQL, SQLITE)
