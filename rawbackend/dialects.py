@@ -56,6 +56,7 @@ class Batching:
     rows: int
     seconds: float | None = None
     pause: float = 0.0
+    first: int | None = None  # the first batch's size, before any was timed (None: rows)
     least: int = 100  # the smallest batch an adaptive size goes down to
 
 
@@ -321,7 +322,7 @@ SQLITE = Dialect(
     # retries are at most 10 ms apart for its first 18 ms). Back to back, the
     # next batch took the lock before the store's retry: stores waited for the
     # whole cleanup (330-530 ms for 100,000 rows).
-    cleanup=Batching(rows=20_000, seconds=0.010, pause=0.010),
+    cleanup=Batching(rows=20_000, seconds=0.010, pause=0.010, first=1000),
 )
 
 DIALECTS: tuple[Dialect, ...] = (POSTGRESQL, MYSQL, SQLITE)

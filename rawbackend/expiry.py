@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 # How long watermarks are kept when no unfinished age is set: turning the
 # setting on later finds a month of history, not nothing.
 WATERMARKS_KEPT = timedelta(days=30)
+NO_ID_LIMIT = 2 ** 62  # above any id: no watermark is stale
 # Rows of each kind, in the order cleanup deletes them: the statement that
 # deletes a batch, and the one that counts what it would delete.
 STEPS = (
@@ -160,7 +161,7 @@ class Cleanup:
         """Run the deleting ``sql`` until a batch comes back short; after
         each batch, the rows deleted so far."""
         plan = self.dialect.cleanup
-        size, done = plan.rows, 0
+        size, done = plan.first or plan.rows, 0
         while True:
             started = time.monotonic()
             rows = session.execute(sql, {**params, "batch": size})
@@ -196,7 +197,8 @@ class Cleanup:
             keep = self._watermark_before(session, self.unfinished_expires or WATERMARKS_KEPT)
             session.execute(sql["prune_watermarks"], {
                 **key, "before": encode(keep[0] if keep else datetime(1970, 1, 1)),
-                "max_id": int(max_id or 0),
+                # An empty table says nothing of its ids: its watermarks stay.
+                "max_id": NO_ID_LIMIT if max_id is None else int(max_id),
             })
         if self.unfinished_expires is None:
             return None
