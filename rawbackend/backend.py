@@ -7,7 +7,7 @@ import pickle
 import time
 import uuid
 from contextlib import nullcontext
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 
 from celery import maybe_signature, states
@@ -23,7 +23,7 @@ from kombu.utils.encoding import bytes_to_str, ensure_bytes
 from .errors import ValueTooLarge, classify
 from .expiry import Cleanup, Report, unfinished_setting
 from .listen import Listener, Watch, listener_for
-from .models import ChordPart, Task, TaskExtended, TaskSet, Tables, Watermark
+from .models import ChordPart, Tables, Task, TaskExtended, TaskSet, Watermark
 from .session import Session, SessionManager
 from .url import parse_url, strip_prefix
 from .waiting import pauses

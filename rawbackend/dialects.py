@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import errcodes
 from .errors import ErrorRules
 
-__all__ = ("Dialect", "DIALECTS", "POSTGRESQL", "MYSQL", "SQLITE", "Batching")
+__all__ = ("DIALECTS", "MYSQL", "POSTGRESQL", "SQLITE", "Batching", "Dialect")
 
 
 def _same(value):

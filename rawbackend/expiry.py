@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator
 
 from celery.exceptions import ImproperlyConfigured
 
 from .errors import classify
 from .session import Session
 
-__all__ = ("Cleanup", "Report", "unfinished_setting", "age_bounds", "utc_now")
+__all__ = ("Cleanup", "Report", "age_bounds", "unfinished_setting", "utc_now")
 
 logger = logging.getLogger(__name__)
 
@@ -138,17 +138,19 @@ class Cleanup:
                 report.unfinished_before, report.unfinished_max_id = watermark
                 params["unfinished"] = {"max_id": watermark[1]}
             for kind, delete, count in STEPS:
-                if params.get(kind) is None:
+                step = params.get(kind)
+                if step is None:
                     continue
                 total = None
                 if self.totals:
-                    total = int(session.fetch_one(self.tables.sql[count], params[kind])["n"])
+                    counted = session.fetch_one(self.tables.sql[count], step) or {}
+                    total = int(counted.get("n") or 0)
                     self._report(kind, 0, total)
                 if self.dry_run:
                     report.rows[kind] = total or 0
                     continue
                 done = 0
-                for done in self._batches(session, self.tables.sql[delete], params[kind]):
+                for done in self._batches(session, self.tables.sql[delete], step):
                     self._report(kind, done, total)
                 report.rows[kind] = done
         return report
@@ -182,9 +184,10 @@ class Cleanup:
         """Record a watermark (not in a dry run), prune those no longer
         needed; the newest one old enough to age unfinished rows by, or None."""
         tables, sql, encode = self.tables, self.tables.sql, self.dialect.encode_datetime
-        if not tables.columns(session, tables.watermark_cls):
-            if self.dry_run or not self._create_watermark_table(session):
-                return None
+        if not tables.columns(session, tables.watermark_cls) and (
+            self.dry_run or not self._create_watermark_table(session)
+        ):
+            return None
         key = {"task_table": self.task_table}
         if not self.dry_run:
             row = session.fetch_one(sql["task_max_id"])

@@ -15,7 +15,7 @@ from celery.exceptions import ImproperlyConfigured
 from .dialects import Dialect
 from .loader import load_dialect
 
-__all__ = ("Task", "TaskExtended", "TaskSet", "ChordPart", "Watermark", "Tables", "Capacity")
+__all__ = ("Capacity", "ChordPart", "Tables", "Task", "TaskExtended", "TaskSet", "Watermark")
 
 logger = logging.getLogger(__name__)
 
