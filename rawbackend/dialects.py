@@ -7,6 +7,7 @@ psycopg or PyMySQL.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -49,15 +50,19 @@ def _truthy(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Batching:
-    """How cleanup deletes: ``rows`` a batch at most (and the first batch's
-    size); with ``seconds``, batches sized to hold their locks about that
-    long; ``pause`` seconds between batches, with no lock held."""
+    """How cleanup deletes: ``rows`` a batch at most; with ``seconds``,
+    batches sized to hold their locks about that long; after a batch that
+    took up to ``t`` seconds, a pause of ``p`` seconds with no lock held, for
+    the first ``(t, p)`` of ``pauses`` that fits (none: no pause)."""
 
     rows: int
     seconds: float | None = None
-    pause: float = 0.0
+    pauses: tuple[tuple[float, float], ...] = ()
     first: int | None = None  # the first batch's size, before any was timed (None: rows)
     least: int = 100  # the smallest batch an adaptive size goes down to
+
+    def pause_after(self, held: float) -> float:
+        return next((pause for upto, pause in self.pauses if held <= upto), 0.0)
 
 
 @dataclass(frozen=True)
@@ -316,13 +321,19 @@ SQLITE = Dialect(
     encode_ids=json.dumps,  # sqlite3 binds no lists: a JSON array for json_each
     pool_overrides=_sqlite_pool_overrides,
     lock_timeout_param="timeout",
-    # One writer at a time, and a waiting store's busy handler retries after
-    # 1, 2, 5, 10, 15, 20, 25 ... ms: a batch that holds the write lock ~10 ms,
-    # then leaves it free 10 ms, lets any store in by the first pause (its
-    # retries are at most 10 ms apart for its first 18 ms). Back to back, the
-    # next batch took the lock before the store's retry: stores waited for the
-    # whole cleanup (330-530 ms for 100,000 rows).
-    cleanup=Batching(rows=20_000, seconds=0.010, pause=0.010, first=1000),
+    # One writer at a time. Back to back, each batch took the lock again before
+    # a waiting store's busy handler retried, and stores waited for the whole
+    # cleanup (330-530 ms for 100,000 rows). That handler retries 1, 3, 8, 18,
+    # 33, 53, 78, 103, 128, 178, 228 ms after the first try, then every 100 ms
+    # (sqliteDefaultBusyCallback): a store that began waiting during a batch of
+    # up to 18 ms retries within the 10 ms after it, and so on down the table.
+    # Batches are sized to hold the lock ~10 ms, and a batch that took longer
+    # (a busy machine) gets the longer pause its waiters need: every store
+    # gets in at the first pause after it began waiting.
+    cleanup=Batching(rows=20_000, seconds=0.010, first=1000, least=500, pauses=(
+        (0.018, 0.010), (0.033, 0.015), (0.053, 0.020), (0.128, 0.025), (0.228, 0.050),
+        (math.inf, 0.100),
+    )),
 )
 
 DIALECTS: tuple[Dialect, ...] = (POSTGRESQL, MYSQL, SQLITE)

@@ -177,8 +177,9 @@ class Cleanup:
                 # just seen; at most doubling, so one quick batch can't overshoot.
                 wanted = rows * plan.seconds / held if held > 0 else plan.rows
                 size = int(max(plan.least, min(plan.rows, 2 * size, wanted)))
-            if plan.pause:
-                time.sleep(plan.pause)  # the lock is free: a waiting store gets in
+            pause = plan.pause_after(held)
+            if pause:
+                time.sleep(pause)  # the lock is free: a waiting store gets in
 
     def _watermarks(self, session: Session) -> tuple[datetime, int] | None:
         """Record a watermark (not in a dry run), prune those no longer
