@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -164,6 +165,7 @@ class Cleanup:
         each batch, the rows deleted so far."""
         plan = self.dialect.cleanup
         size, done = plan.first or plan.rows, 0
+        rates: deque[float] = deque(maxlen=5)
         while True:
             started = time.monotonic()
             rows = session.execute(sql, {**params, "batch": size})
@@ -173,9 +175,12 @@ class Cleanup:
             if rows < size:
                 return
             if plan.seconds:
-                # Sized to hold the lock about plan.seconds: rows go at the rate
-                # just seen; at most doubling, so one quick batch can't overshoot.
-                wanted = rows * plan.seconds / held if held > 0 else plan.rows
+                # Sized to hold the lock about plan.seconds, at the best rate of
+                # the last batches: a batch's time includes waiting for a store
+                # to finish, which says nothing of how fast rows go. At most
+                # doubling, so that one quick batch can't overshoot.
+                rates.append(rows / held if held > 0 else math.inf)
+                wanted = max(rates) * plan.seconds
                 size = int(max(plan.least, min(plan.rows, 2 * size, wanted)))
             pause = plan.pause_after(held)
             if pause:
