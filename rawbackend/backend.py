@@ -22,7 +22,7 @@ from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
 from .errors import ValueTooLarge, classify
 from .listen import Listener, Watch, listener_for
-from .models import ChordPart, Task, TaskExtended, TaskSet, Tables
+from .models import ChordPart, Tables, Task, TaskExtended, TaskSet
 from .session import Session, SessionManager
 from .url import parse_url, strip_prefix
 from .waiting import pauses

@@ -155,7 +155,7 @@ def _split(body, path, line, name, prefix, known_slots):
     return tuple(parts), frozenset(params)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_dialect(
     dialect: str, paramstyle: str, known_slots: frozenset[str], required: frozenset[str]
 ) -> dict[str, Statement]:

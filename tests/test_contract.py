@@ -24,7 +24,6 @@ import rawbackend.backend
 from rawbackend import DatabaseBackend
 from rawbackend.errors import ConnectFailed
 
-
 # -- helpers ------------------------------------------------------------------
 
 

@@ -21,8 +21,8 @@ from celery.exceptions import ImproperlyConfigured
 from celery.result import AsyncResult, GroupResult
 
 import rawbackend.backend
-from rawbackend import listen
 from conftest import wait_until
+from rawbackend import listen
 from test_pgbouncer import pgbouncer  # noqa: F401  (a fixture)
 from test_statements import PostgresLog, bare_all
 

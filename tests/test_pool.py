@@ -17,7 +17,7 @@ class FakeConnection:
     """Owns one end of a socketpair; closing it says goodbye over the socket,
     as libpq and PyMySQL do."""
 
-    opened: list["FakeConnection"] = []
+    opened: list[FakeConnection] = []
 
     def __init__(self, params):
         self.params = params

@@ -38,7 +38,7 @@ class Counted:
         self.engine = backend.session_manager.get_engine(backend.url, **backend.engine_options)
         self.log: list[tuple[float, str]] = []
 
-    def __enter__(self) -> "Counted":
+    def __enter__(self) -> Counted:
         engine, log = self.engine, self.log
         real_getconn = engine.getconn
 

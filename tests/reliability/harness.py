@@ -215,7 +215,7 @@ class Load:
     def writers_alive(self) -> bool:
         return any(p.is_alive() for p in self.processes[: self.writers])
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         if self.app_prefix == "rawdb+":
             # The tables first, from the parent: workers racing to create them
             # on a fresh MariaDB can fail a first store (CREATE SEQUENCE IF NOT
@@ -374,7 +374,7 @@ class Pinger(threading.Thread):
         window = self.window
         return window[1] - window[0] if window else 0.0
 
-    def __enter__(self) -> "Pinger":
+    def __enter__(self) -> Pinger:
         assert self.server.writes(f"CREATE TABLE IF NOT EXISTS {PING_TABLE} (n INTEGER)")
         self.start()
         return self
