@@ -22,6 +22,10 @@ MYSQL_URL = os.environ.get("RAWBACKEND_TEST_MYSQL_URL", "mysql://root@127.0.0.1:
 REQUIRE_SERVERS = os.environ.get("RAWBACKEND_REQUIRE_SERVERS") == "1"
 DIALECTS = ("sqlite", "postgresql", "mysql")
 
+# Fixtures that more than one test file uses, from the modules that define them:
+# restartable (servers), worker (test_e2e_worker), pgbouncer (test_pgbouncer).
+pytest_plugins = ["servers", "test_e2e_worker", "test_pgbouncer"]
+
 _reachable: dict[str, str | None] = {}
 
 

@@ -22,7 +22,7 @@ from celery.exceptions import ChordError
 from conftest import Database, wait_until
 from rawbackend.backend import DatabaseBackend
 from test_concurrency import _errdir, fork_children, wait_children
-from test_e2e_worker import TIMEOUT, running_worker, worker  # noqa: F401  (fixtures)
+from test_e2e_worker import TIMEOUT
 
 FORK = multiprocessing.get_context("fork")
 

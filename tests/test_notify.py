@@ -23,7 +23,6 @@ from celery.result import AsyncResult, GroupResult
 import rawbackend.backend
 from conftest import wait_until
 from rawbackend import listen
-from test_pgbouncer import pgbouncer  # noqa: F401  (a fixture)
 from test_statements import PostgresLog, bare_all
 
 PROMPT = 0.2  # seconds from a store to its waiter's return: generous
