@@ -734,7 +734,8 @@ class DatabaseBackend(BaseBackend):
         now = self.dialect.encode_datetime(datetime.now(timezone.utc))
         sql = self.tables.sql
         with self.ResultSession() as session:
-            session.execute(sql["add_chord_part"], {"group_id": group_id, "task_id": task_id, "date_done": now})
+            part = {"group_id": group_id, "task_id": task_id, "date_done": now}
+            session.execute(sql["add_chord_part"], part)
             return session.fetch_one(sql["chord_progress"], {"group_id": group_id})
 
     def _claim_chord(self, group_id, token) -> bool:

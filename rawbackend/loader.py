@@ -181,5 +181,8 @@ def load_folder(
             registry[st.name] = st
     missing = sorted(required - registry.keys())
     if missing:
-        raise SQLFileError(folder, 0, missing[0], f"required statement missing from {folder.name}/ (all missing: {', '.join(missing)})")
+        raise SQLFileError(
+            folder, 0, missing[0],
+            f"required statement missing from {folder.name}/ (all missing: {', '.join(missing)})",
+        )
     return registry

@@ -181,12 +181,12 @@ def _one(cursor, sql: str) -> dict | None:
     row = cursor.fetchone()
     if row is None:
         return None
-    return dict(zip(_names(cursor, sql), row))
+    return dict(zip(_names(cursor, sql), row, strict=True))
 
 
 def _all(cursor, sql: str) -> list[dict]:
     names = _names(cursor, sql)
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 class SessionManager:

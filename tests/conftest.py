@@ -173,7 +173,8 @@ def make_database(dialect: str, tmp_path) -> Database:
     require_server(dialect)
     suffix = uuid.uuid4().hex[:10]
     if dialect == "sqlite":
-        return Database(dialect, f"sqlite:///{tmp_path / 'results.db'}", "celery_taskmeta", "celery_tasksetmeta")
+        url = f"sqlite:///{tmp_path / 'results.db'}"
+        return Database(dialect, url, "celery_taskmeta", "celery_tasksetmeta")
     db = Database(dialect, server_url(dialect), f"t_{suffix}", f"g_{suffix}", chord_table=f"c_{suffix}")
     if dialect == "postgresql":
         db.schema = f"s_{suffix}"

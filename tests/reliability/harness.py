@@ -7,6 +7,7 @@ Every loop has a hard bound and every wait a timeout.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing
@@ -366,7 +367,7 @@ class Pinger(threading.Thread):
     @property
     def window(self) -> tuple[float, float] | None:
         """(an answer, the next one) around the longest gap."""
-        gaps = list(zip(self.answered, self.answered[1:]))
+        gaps = list(itertools.pairwise(self.answered))
         return max(gaps, key=lambda gap: gap[1] - gap[0], default=None)
 
     @property
