@@ -131,7 +131,7 @@ def _connect_mysql(params: dict) -> Any:
     read_timeout = params.get("read_timeout")
     handshake = {**params, "read_timeout": read_timeout or params.get("connect_timeout", 10)}
     conn = pymysql.connect(autocommit=True, **handshake)
-    conn._read_timeout = read_timeout
+    conn._read_timeout = read_timeout  # type: ignore[attr-defined]  # private: not in PyMySQL's stubs
     return conn
 
 
