@@ -41,6 +41,20 @@ def wait_until(predicate, what: str, timeout: float = 15.0, interval: float = 0.
         time.sleep(interval)
 
 
+def run_command(*args: str, cwd=None, env: dict | None = None, timeout: float = 120):
+    """The installed ``rawbackend`` console script, run as a user would (a
+    subprocess): its CompletedProcess, output as text."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("rawbackend")
+    return subprocess.run(
+        [str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def server_error(dialect: str) -> str | None:
     """Why the server of ``dialect`` can't be used, or None when it answers."""
     if dialect not in _reachable:
