@@ -114,7 +114,8 @@ class Dialect:
             return [f"{host}:{port}" for host, port in params["hosts"]]
         hosts = str(params.get("host") or "localhost").split(",")
         ports = str(params.get("port") or self.default_port).split(",")
-        return [f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts))]
+        # One port for every host, or one port each.
+        return [f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts), strict=False)]
 
     def typed(self, params: dict[str, Any]) -> dict[str, Any]:
         """Query-string values converted to what the driver's connect takes."""
