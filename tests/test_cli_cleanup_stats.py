@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import pytest
 from celery import states
-from conftest import run_command
 
+from conftest import run_command
 from rawbackend.cli.cleanup import duration
 from rawbackend.expiry import utc_now
 
