@@ -127,6 +127,8 @@ class Cleanup:
         expires = self.backend.expires
         if expires and not isinstance(expires, timedelta):
             expires = timedelta(seconds=expires)
+        if not expires and self.unfinished_expires is None:
+            return report  # nothing ever expires: nothing is written either
         with self.open_session() as session:
             watermark = self._watermarks(session)
             params: dict[str, dict | None] = dict.fromkeys(("tasks", "groups", "chords"))

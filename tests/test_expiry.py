@@ -228,3 +228,11 @@ def test_age_bounds_from_watermarks():
     assert age_bounds(marks, 5, now) == (timedelta(days=9), None)
     assert age_bounds(marks, 31, now) == (None, timedelta(days=1))
     assert age_bounds([], 1, now) == (None, None)
+
+
+def test_nothing_expiring_writes_nothing(db):
+    """result_expires None and no unfinished age: cleanup() does nothing at all."""
+    backend = db.backend(result_expires=None)
+    backend.store_result(tid(), None, states.STARTED)
+    report = backend._cleanup()
+    assert report.rows == {} and watermarks(db) == []
