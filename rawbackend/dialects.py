@@ -337,8 +337,9 @@ MYSQL = Dialect(
     # Each batch pays a commit (a redo log flush) and an index range scan over
     # the delete-marked rows of the batches before it, not yet purged: 100,000
     # rows took 2.5-2.9x one plain DELETE in batches of 5,000, 1.2-2.7x in
-    # batches of 20,000 (~0.1-0.2 s each), on a machine busy with other tests. Their locks (the rows, and the gap up to the
-    # first row done after the cutoff) are where no store writes.
+    # batches of 20,000 (~0.1-0.2 s each), on a machine busy with other tests.
+    # Their locks (the rows, and the gap up to the first row done after the
+    # cutoff) are where no store writes.
     cleanup=Batching(rows=20_000),
 )
 

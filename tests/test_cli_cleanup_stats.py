@@ -110,11 +110,44 @@ def test_stats_for_people(db, project):
 
 
 @pytest.mark.parametrize("command", ["cleanup", "stats"])
-def test_wrong_url_is_named_without_its_password(command):
-    done = run_command(command, "--url", "postgresql://me:s3cret-pw@127.0.0.1:1/results")
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
+def test_wrong_url_is_named_without_its_password(command, dialect):
+    done = run_command(command, "--url", f"{dialect}://me:s3cret-pw@127.0.0.1:1/results")
     assert done.returncode == 2
-    assert "could not connect to the postgresql server at 127.0.0.1:1" in done.stderr
+    assert f"could not connect to the {dialect} server at 127.0.0.1:1" in done.stderr
     assert "s3cret-pw" not in done.stderr + done.stdout
+
+
+def test_progress_bar_on_a_terminal(db, project):
+    """On a terminal, stderr gets a progress line redrawn with \r; stdout the summary."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("rawbackend")), "-A", "proj", "cleanup"],
+            cwd=project, stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120,
+            check=False,
+        )
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal's other end is closed: all is read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 0
+    assert b"\rexpired task rows" in shown and b"1/1" in shown
+    assert "deleted 1 expired task rows" in done.stdout
 
 
 @pytest.mark.parametrize("command", ["cleanup", "stats"])
