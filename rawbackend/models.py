@@ -240,6 +240,10 @@ class Tables:
     def group_table(self) -> str:
         return self._filled["group_table"]
 
+    def slot(self, name: str) -> str:
+        """What ``{name}`` is filled with in the SQL (``chord_table``: the quoted table)."""
+        return self._filled[name]
+
     def _render(self, variant: str | None) -> dict[str, str]:
         dialect = self.dialect
         statements = dict(load_dialect(dialect.name, dialect.paramstyle, KNOWN_SLOTS, REQUIRED))
