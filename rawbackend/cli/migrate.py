@@ -78,6 +78,11 @@ def run(backend, args: argparse.Namespace) -> int:
                 for name in step.fix:
                     conn.execute(tables.sql[name], fix_params(conn, tables, name))
             except Exception as exc:
+                if not _still_needed(conn, tables, step):
+                    # Another process did it meanwhile: a worker setting up
+                    # (it adds columns and the chord table), a second migrate.
+                    print("done meanwhile by another process")
+                    continue
                 print("failed")
                 done = ", ".join(str(n) for n in range(1, number)) or "none"
                 print(f"rawbackend migrate: step {number} ({step.title}) failed: {exc}\n"
@@ -94,6 +99,14 @@ def run(backend, args: argparse.Namespace) -> int:
             return EXIT_PROBLEM
         print(f"Done: {len(runnable)} step{'s' * (len(runnable) != 1)}.")
     return EXIT_OK
+
+
+def _still_needed(conn, tables, step: Step) -> bool:
+    try:
+        now = {(d.what, d.where) for d in differences(conn, tables)}
+    except Exception:  # the server is gone: the step's own error says more
+        return True
+    return any((d.what, d.where) in now for d in step.fixes)
 
 
 def _steps(found: list[Difference]) -> list[Step]:
