@@ -62,6 +62,9 @@ class Dialect:
     errors: ErrorRules
     param_types: dict[str, Callable[[str], Any]] = field(default_factory=dict)
     connect_defaults: dict[str, Any] = field(default_factory=dict)
+    # The connect parameters of a URL that names several hosts, in its order
+    # ((host, port) pairs), or None: the dialect takes one host only.
+    several_hosts: Callable[[list[tuple[str, int]]], dict[str, Any]] | None = None
     # Codes that mean server-side prepared statements got lost (PgBouncer).
     unprepare_codes: frozenset = frozenset()
     # How a datetime is written (always as naive UTC first) and read back, as
@@ -101,10 +104,16 @@ class Dialect:
         database = params.get(self.database_param)
         if not self.has_host:
             return f"the {self.name} database {database!r}"
-        host = params.get("host") or "localhost"
-        port = params.get("port") or self.default_port
-        return (f"the {self.name} server at {host}:{port} "
+        return (f"the {self.name} server at {', '.join(self.locations(params))} "
                 f"(database {database!r}, user {params.get('user')!r})")
+
+    def locations(self, params: dict[str, Any]) -> list[str]:
+        """``host:port`` of each server ``params`` name, in order."""
+        if "hosts" in params:
+            return [f"{host}:{port}" for host, port in params["hosts"]]
+        hosts = str(params.get("host") or "localhost").split(",")
+        ports = str(params.get("port") or self.default_port).split(",")
+        return [f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts))]
 
     def typed(self, params: dict[str, Any]) -> dict[str, Any]:
         """Query-string values converted to what the driver's connect takes."""
@@ -121,6 +130,27 @@ def _connect_postgresql(params: dict) -> Any:
 
 
 def _connect_mysql(params: dict) -> Any:
+    """One connection: to the URL's host, or to the first of its hosts that answers."""
+    import pymysql
+
+    hosts = params.get("hosts")
+    if hosts is None:
+        return _connect_mysql_host(params)
+    # PyMySQL connects to one host: try each in the URL's order.
+    params = {k: v for k, v in params.items() if k != "hosts"}
+    failures = []
+    for host, port in hosts:
+        try:
+            return _connect_mysql_host({**params, "host": host, "port": port})
+        except pymysql.err.OperationalError as exc:
+            failures.append((host, port, exc))
+    code = failures[-1][2].args[0] if failures[-1][2].args else 2003
+    raise pymysql.err.OperationalError(
+        code, "; ".join(f"{host}:{port}: {exc}" for host, port, exc in failures)
+    )
+
+
+def _connect_mysql_host(params: dict) -> Any:
     import pymysql
 
     # PyMySQL bounds the TCP connect by connect_timeout, then waits for the
@@ -235,6 +265,11 @@ POSTGRESQL = Dialect(
     # libpq waits for a server without end unless told: a wrong host must fail
     # within seconds (the URL's ?connect_timeout= overrides it).
     connect_defaults={"connect_timeout": 10},
+    # libpq takes lists and tries the hosts itself (target_session_attrs,
+    # load_balance_hosts: query parameters that go to it as they are).
+    several_hosts=lambda hosts: {
+        "host": ",".join(host for host, _ in hosts), "port": ",".join(str(p) for _, p in hosts),
+    },
     unprepare_codes=errcodes.POSTGRESQL_UNPREPARE,
     socket_of=_postgresql_socket,
 )
@@ -265,6 +300,7 @@ MYSQL = Dialect(
     # utf8mb4: all of Unicode. binary_prefix: result bytes go as _binary'...',
     # never checked against the connection's character set.
     connect_defaults={"charset": "utf8mb4", "binary_prefix": True},
+    several_hosts=lambda hosts: {"hosts": hosts},
     socket_of=_mysql_socket,
     variant_of=_mysql_variant,
     variants=("mariadb",),

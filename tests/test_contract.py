@@ -829,8 +829,12 @@ def test_url_query_params_mysql(mysql_db):
      ("rawdb+postgresql://h:notaport/db", r"malformed URL .*notaport"),
      ("rawdb+sqlite://host/x.db", r"sqlite URLs have no host"),
      ("rawdb+mysql://h/db/extra", r"database name may not contain '/'"),
-     ("rawdb+mysql://h/db?connect_timeout=soon", r"query parameter has a bad value")],
-    ids=["scheme", "port", "sqlite-host", "path", "param"],
+     ("rawdb+mysql://h/db?connect_timeout=soon", r"query parameter has a bad value"),
+     ("rawdb+postgresql://h1:5432,,h2/db", r"a host of the host list is empty"),
+     ("rawdb+postgresql://h1:5432,h2:70000/db", r"port '70000' of host 'h2' is not a port"),
+     ("rawdb+postgresql://h1/db?host=h2:5432", r"hosts given both before the database name")],
+    ids=["scheme", "port", "sqlite-host", "path", "param", "empty-host", "host-port",
+         "hosts-twice"],
 )
 def test_bad_urls(url, problem):
     """A bad URL: ImproperlyConfigured naming the problem and listing the accepted forms."""

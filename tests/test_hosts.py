@@ -1,0 +1,64 @@
+"""Several hosts in one URL: the forms libpq, SQLAlchemy and MySQL users
+write, and a connection that goes to the first host that answers."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+from celery import Celery
+
+from rawbackend.url import parse_url
+
+
+def _refused_port() -> int:
+    """A loopback port nothing listens on (bound and closed: refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgresql://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write",
+     {"host": "h1,h2", "port": "5432,5433", "target_session_attrs": "read-write"}),
+    ("postgresql+psycopg://u@/db?host=h1:5432&host=h2:6432&load_balance_hosts=random",
+     {"host": "h1,h2", "port": "5432,6432", "load_balance_hosts": "random"}),
+    ("postgresql://u@h1,h2:6000/db", {"host": "h1,h2", "port": "5432,6000"}),
+    ("postgresql://u@[::1]:5432,[fe80::2]/db", {"host": "::1,fe80::2", "port": "5432,5432"}),
+    ("postgresql://u@/db?host=/var/run/postgresql", {"host": "/var/run/postgresql"}),
+    ("mysql://root@n1:3306,n2:3307,n3/test", {"hosts": [("n1", 3306), ("n2", 3307), ("n3", 3306)]}),
+    ("mysql://root@n1:3307/test", {"host": "n1", "port": 3307}),
+])
+def test_host_lists_are_parsed_in_order(url, expected):
+    _, params = parse_url(url)
+    assert {key: params.get(key) for key in expected} == expected
+    assert "hosts" not in params or "host" not in params
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
+@pytest.mark.parametrize("form", ["netloc", "query"])
+def test_the_first_host_that_answers_is_used(request, dialect, form):
+    """The first host refuses: the store goes to the second; when none
+    answers, the error names every host tried."""
+    db = request.getfixturevalue(f"{'pg' if dialect == 'postgresql' else 'mysql'}_db")
+    scheme, rest = db.url.split("://", 1)
+    userinfo, _, location = rest.rpartition("@")
+    hostport, _, database = location.partition("/")
+    refused = f"127.0.0.1:{_refused_port()}"
+    if form == "netloc":
+        url = f"{scheme}://{userinfo}@{refused},{hostport}/{database}"
+    else:
+        url = f"{scheme}://{userinfo}@/{database}?host={refused}&host={hostport}"
+    app = Celery("hosts", set_as_current=False)
+    app.conf.update(result_backend=f"rawdb+{url}", **db.conf())
+    db.apps.append(app)  # its pools closed and its tables dropped after the test
+    backend = app.backend
+    backend.store_result("hosts-1", {"via": "second"}, "SUCCESS")
+    assert backend.get_task_meta("hosts-1")["result"] == {"via": "second"}
+    dead = f"{scheme}://{userinfo}@{refused},127.0.0.1:{_refused_port()}/{database}"
+    app.conf.result_backend = f"rawdb+{dead}"
+    from rawbackend import DatabaseBackend
+    from rawbackend.errors import ConnectFailed
+
+    with pytest.raises(ConnectFailed, match=r"at 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+") as caught:
+        DatabaseBackend(app=app, url=dead).get_task_meta("x")
+    assert refused in str(caught.value)
