@@ -136,18 +136,18 @@ def _table_differences(session, tables: Tables, needed: Needed) -> list[Differen
         if live["kind"] != wanted:
             found.append(Difference(
                 "wrong type", column,
-                f"it is {live['type']}, rawbackend reads and writes {wanted} there "
-                "(no automatic fix: convert it by hand)", (), table=kind,
+                f"it is {live['type']}, rawbackend reads and writes {wanted} there",
+                (), table=kind,
             ))
             continue
         capacity = live["capacity"]
         if _too_small(capacity, CHARACTERS.get(name)):
             fix = f"widen_{kind}_table"
+            fate = "is left out" if kind == "task" and name in LEFT_OUT_IF_TOO_LARGE else "is refused"
             found.append(Difference(
                 "too small column", column,
                 f"it holds at most {capacity.limit:,} {capacity.unit} ({live['type']}), "
-                f"rawbackend's {_size_words(name)}: a larger value "
-                f"{'is left out' if kind == 'task' and name in LEFT_OUT_IF_TOO_LARGE else 'is refused'}",
+                f"rawbackend's {_size_words(name)}: a larger value {fate}",
                 (fix,) if fix in sql else (), rewrite=fix in sql, table=kind,
             ))
 

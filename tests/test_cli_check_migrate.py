@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -251,10 +252,16 @@ def fill_old_rows(db: Database, rows: int) -> None:
     enough for each index build and table copy to take a while."""
     column, value = next_id(db, "task_id_sequence")
     task_id = "CONCAT('bulk-', i)" if db.dialect == "mysql" else "'bulk-' || i"
+    # Digits crossed five times: no recursion (MariaDB may bound it at 1,000).
+    assert rows <= 100_000
+    digits = " UNION ALL ".join(f"SELECT {n}" for n in range(10))
     db.query(f"""INSERT INTO {db.qualified(db.task_table)}
                    ({column}task_id, status, result, date_done, traceback)
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
-                 SELECT {value}{task_id}, 'SUCCESS', '"done"', '{OLD_DATE}', NULL FROM n""")
+                 WITH d(i) AS ({digits}),
+                      n(i) AS (SELECT a.i + 10 * b.i + 100 * c.i + 1000 * e.i + 10000 * f.i
+                               FROM d a, d b, d c, d e, d f)
+                 SELECT {value}{task_id}, 'SUCCESS', '"done"', '{OLD_DATE}', NULL
+                 FROM n WHERE i < {rows}""")
 
 
 def test_migrate_while_workers_write(spot, tmp_path, figures):
@@ -277,6 +284,7 @@ def test_migrate_while_workers_write(spot, tmp_path, figures):
                 task_id = f"w-{uuid.uuid4().hex[:8]}"
                 conn.cursor().execute(sql, (task_id, b'"done"'))
                 written["task"].append(task_id)
+                time.sleep(0.001)  # a worker between two tasks: SQLite's other writers get in
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -327,7 +335,8 @@ def test_migrate_while_workers_write(spot, tmp_path, figures):
     figures(f"{spot.dialect}: {writes_at_step[-1] - writes_at_step[0]} old-worker writes and "
             f"{len(written['group'])} rawbackend group saves during the migration's "
             f"{len(writes_at_step)} steps, none failed")
-    assert cli(spot, tmp_path, "check").returncode == 0
+    check = cli(spot, tmp_path, "check")
+    assert check.returncode == 0, "".join(output) + check.stdout
     tasks = {r[0] for r in spot.query(f"SELECT task_id FROM {spot.qualified(spot.task_table)}")}
     assert set(written["task"]) <= tasks and len(tasks) == 50_000 + len(written["task"])
     reader = spot.backend(database_create_tables_at_setup=False)
@@ -395,6 +404,23 @@ def test_what_migrate_cannot_fix_is_said(pg_db, tmp_path):
     assert "2 differences left to fix by hand." in migrate.stdout
 
 
+def test_an_invalid_index_is_rebuilt(pg_db, tmp_path):
+    """A CREATE INDEX CONCURRENTLY that failed (a lock timeout, a cancel)
+    leaves its index invalid: check says so, migrate drops and rebuilds it."""
+    pg_db.backend().ResultSession().close()
+    index = f"ix_{pg_db.task_table}_date_done"
+    # What a failed concurrent build leaves behind (we are superuser here).
+    pg_db.query(f"UPDATE pg_index SET indisvalid = false "
+                f"WHERE indexrelid = '{pg_db.schema}.{index}'::regclass")
+    check = cli(pg_db, tmp_path, "check")
+    assert check.returncode == 1
+    assert f"invalid index {names(pg_db)['task']} (date_done): {index} is marked invalid" in check.stdout
+    assert "DROP INDEX CONCURRENTLY IF EXISTS" in check.stdout
+    apply_twice(pg_db, tmp_path)
+    assert pg_db.query(f"SELECT indisvalid FROM pg_index "
+                       f"WHERE indexrelid = '{pg_db.schema}.{index}'::regclass") == [(True,)]
+
+
 def test_a_missing_sequence_restarts_after_the_rows(server_db, tmp_path):
     if not sequences(server_db):
         pytest.skip("MySQL draws ids from AUTO_INCREMENT, not from sequences")
@@ -438,7 +464,8 @@ def test_a_failing_step_is_named_with_what_was_done(sqlite_db, tmp_path):
 def test_a_wrong_url_is_a_usage_error_without_its_password(command):
     done = run_command(command, "--url", "postgresql://postgres:s3cret-pw@127.0.0.1:1/test")
     assert done.returncode == 2
-    assert f"rawbackend {command}: error: could not connect to the postgresql server at 127.0.0.1:1" in done.stderr
+    assert (f"rawbackend {command}: error: could not connect to the postgresql server "
+            "at 127.0.0.1:1") in done.stderr
     assert "s3cret-pw" not in done.stderr + done.stdout
 
 

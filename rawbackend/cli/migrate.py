@@ -13,6 +13,7 @@ import argparse
 import time
 from dataclasses import dataclass
 
+from ..errors import classify
 from ..migrations import ACTIONS, Difference, differences, fix_params, table_size
 from . import EXIT_OK, EXIT_PROBLEM, session
 from .check import describe
@@ -74,22 +75,21 @@ def run(backend, args: argparse.Namespace) -> int:
         for number, step in enumerate(runnable, 1):
             print(f"step {number}/{len(runnable)}: {step.title} ...", end=" ", flush=True)
             started = time.monotonic()
-            try:
-                for name in step.fix:
-                    conn.execute(tables.sql[name], fix_params(conn, tables, name))
-            except Exception as exc:
-                if not _still_needed(conn, tables, step):
-                    # Another process did it meanwhile: a worker setting up
-                    # (it adds columns and the chord table), a second migrate.
-                    print("done meanwhile by another process")
-                    continue
+            outcome, error, tries = _run_step(conn, backend, step)
+            if outcome == "meanwhile":
+                # Another process did it: a worker setting up (it adds
+                # columns and the chord table), a second migrate.
+                print("done meanwhile by another process")
+                continue
+            if outcome == "failed":
                 print("failed")
                 done = ", ".join(str(n) for n in range(1, number)) or "none"
-                print(f"rawbackend migrate: step {number} ({step.title}) failed: {exc}\n"
+                print(f"rawbackend migrate: step {number} ({step.title}) failed: {error}\n"
                       f"Steps done before it: {done}; nothing after it was run. Fix the cause "
                       "and run rawbackend migrate again: it starts from what the tables have now.")
                 return EXIT_PROBLEM
-            print(f"done ({time.monotonic() - started:.2f} s)")
+            again = f", {tries} tries" if tries > 1 else ""
+            print(f"done ({time.monotonic() - started:.2f} s{again})")
         left = [s for s in steps if s not in runnable]
         if left:
             print(f"Not run: {len(left)} step{'s' * (len(left) != 1)} that rewrite a table; "
@@ -101,12 +101,40 @@ def run(backend, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _still_needed(conn, tables, step: Step) -> bool:
-    try:
-        now = {(d.what, d.where) for d in differences(conn, tables)}
-    except Exception:  # the server is gone: the step's own error says more
-        return True
-    return any((d.what, d.where) in now for d in step.fixes)
+ATTEMPTS = 3
+
+
+def _run_step(conn, backend, step: Step) -> tuple[str, Exception | None, int]:
+    """Run the step's statements: ("done", None, tries), ("meanwhile", ...)
+    when another process did it first, or ("failed", the error, tries). A transient error
+    (a deadlock with a worker's set-up, a lock timeout) is tried again with
+    what the tables need by then (an index build that failed left an invalid
+    index: drop it, build it again)."""
+    tables, fix = backend.tables, step.fix
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            for name in fix:
+                conn.execute(tables.sql[name], fix_params(conn, tables, name))
+            return "done", None, attempt
+        except Exception as exc:
+            try:
+                left = [d for d in differences(conn, tables) if _within(d, step)]
+            except Exception:  # the server is gone: the step's own error says more
+                return "failed", exc, attempt
+            if not left:
+                return "meanwhile", None, attempt
+            fix = tuple(name for d in left for name in d.fix)
+            if attempt == ATTEMPTS or not fix or classify(backend.dialect.errors, exc) is None:
+                return "failed", exc, attempt
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _within(difference: Difference, step: Step) -> bool:
+    """Whether ``difference`` is at a place the step fixes (a created table's
+    columns and index are within it)."""
+    return any(difference.where == d.where or difference.where.startswith((d.where + ".", d.where + " "))
+               for d in step.fixes)
 
 
 def _steps(found: list[Difference]) -> list[Step]:
@@ -130,8 +158,11 @@ def _print_plan(tables, steps: list[Step], runnable: list[Step],
     print(f"Plan: {len(steps)} step{'s' * (len(steps) != 1)}.")
     for number, step in enumerate(steps, 1):
         print(f"\n{number}. {step.title}")
-        for difference in step.fixes:
-            print(f"   why: {difference}")
+        if len(step.fixes) == 1:
+            print(f"   why: {step.fixes[0].why}")
+        else:
+            for difference in step.fixes:
+                print(f"   {difference.where.rpartition('.')[2]}: {difference.why}")
         if step.note:
             print(f"   {step.note}")
         if step not in runnable:
