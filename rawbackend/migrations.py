@@ -211,15 +211,14 @@ def fix_params(session, tables: Tables, statement: str) -> dict | None:
     """The parameters a fix statement takes: a sequence restarts after its
     table's largest id (a new one would start at 1, on ids already taken)."""
     if statement.startswith("restart_"):
-        kind = statement[len("restart_"):-len("_sequence")]
-        row = session.fetch_one(tables.sql[f"{kind}_max_id"]) or {}
-        return {"start": int(row.get("max_id") or 0) + 1}
+        row = session.fetch_one(tables.sql[f"{statement}_at"]) or {}
+        return {"start": int(row.get("start") or 1)}
     return None
 
 
 def table_size(session, tables: Tables, kind: str) -> tuple[int, int] | None:
     """About how many rows and bytes a table holds, where the server says cheaply."""
-    statement = tables.sql.get("table_size_estimate")
+    statement = tables.sql.get("widen_estimate")
     if statement is None:
         return None
     model = getattr(tables, next(n.configured for n in NEEDED if n.kind == kind))

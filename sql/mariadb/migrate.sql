@@ -57,13 +57,13 @@ SELECT 1 AS present FROM information_schema.tables
 WHERE table_schema = COALESCE(%(schema)s, DATABASE()) AND table_name = %(sequence)s
   AND table_type = 'SEQUENCE';
 
--- name: task_max_id
--- The largest row id of the task table (0 when empty).
-SELECT COALESCE(MAX(id), 0) AS max_id FROM {task_table};
+-- name: restart_task_sequence_at
+-- Where the task table's sequence must restart: after its largest row id.
+SELECT COALESCE(MAX(id), 0) + 1 AS start FROM {task_table};
 
--- name: group_max_id
--- The largest row id of the group table (0 when empty).
-SELECT COALESCE(MAX(id), 0) AS max_id FROM {group_table};
+-- name: restart_group_sequence_at
+-- Where the group table's sequence must restart: after its largest row id.
+SELECT COALESCE(MAX(id), 0) + 1 AS start FROM {group_table};
 
 -- name: restart_task_sequence
 -- Make a sequence created next to a table with rows start after its largest id.

@@ -32,7 +32,7 @@ FROM information_schema.statistics
 WHERE table_schema = COALESCE(%(schema)s, DATABASE()) AND table_name = %(table)s
   AND seq_in_index = 1 AND column_name = 'date_done';
 
--- name: table_size_estimate
+-- name: widen_estimate
 -- About how many rows and bytes a table holds (InnoDB's estimate), for a plan to say what a rewrite costs.
 SELECT table_rows AS row_estimate, data_length + index_length AS bytes
 FROM information_schema.tables

@@ -118,13 +118,13 @@ DROP INDEX CONCURRENTLY IF EXISTS {group_index};
 -- Drop the date_done index left invalid by a failed concurrent build, before building it again.
 DROP INDEX CONCURRENTLY IF EXISTS {chord_index};
 
--- name: task_max_id
--- The largest row id of the task table (0 when empty).
-SELECT COALESCE(MAX(id), 0) AS max_id FROM {task_table};
+-- name: restart_task_sequence_at
+-- Where the task table's sequence must restart: after its largest row id.
+SELECT COALESCE(MAX(id), 0) + 1 AS start FROM {task_table};
 
--- name: group_max_id
--- The largest row id of the group table (0 when empty).
-SELECT COALESCE(MAX(id), 0) AS max_id FROM {group_table};
+-- name: restart_group_sequence_at
+-- Where the group table's sequence must restart: after its largest row id.
+SELECT COALESCE(MAX(id), 0) + 1 AS start FROM {group_table};
 
 -- name: restart_task_sequence
 -- Make a sequence created next to a table with rows start after its largest id.
