@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    backend = None
     try:
         backend = open_backend(args)
         return args.module.run(backend, args)
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rawbackend {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if backend is not None:
+            # Say goodbye to the server: a connection dropped at exit is an
+            # "Aborted connection" warning in MariaDB's log for each run.
+            backend.session_manager.invalidate(backend.url)
 
 
 def _from_driver(exc: BaseException) -> bool:
