@@ -3,9 +3,9 @@
 One description serves both commands: ``rawbackend check`` reports the
 differences, ``rawbackend migrate`` runs their fixes. The description is
 data: ``NEEDED`` lists the tables (their columns and types are the models'
-dataclass fields), ``CHARACTERS`` the sizes of the VARCHAR columns; every
-table needs its date_done index, and its sequence where the dialect's SQL
-creates one. The live schema is read with the statements of
+dataclass fields), ``CHARACTERS`` the sizes of the VARCHAR columns; a table
+with a date_done column needs its index, and a model with a sequence needs
+it where the dialect's SQL creates one. The live schema is read with the statements of
 ``sql/<dialect>/migrate.sql``, and every fix is a statement there too, found
 by name: ``create_<table>_*``, ``add_<table>_column_<column>``,
 ``add_<table>_index``, ``widen_<table>_table``...
@@ -151,6 +151,8 @@ def _table_differences(session, tables: Tables, needed: Needed) -> list[Differen
                 (fix,) if fix in sql else (), rewrite=fix in sql, table=kind,
             ))
 
+    if "date_done" not in hints:
+        return found  # rows that never expire by date: no index to find them
     indexes = session.fetch_all(
         sql["date_done_indexes"], {"schema": model.table_schema, "table": model.table_name}
     )
