@@ -37,7 +37,7 @@ DEFAULT_RECONNECT_TIMEOUT = 30.0  # seconds to wait for a server to come back
 # Columns a store may leave out (NULL) when a value does not fit, with a
 # warning; a result or traceback that does not fit is an error instead.
 LEFT_OUT_IF_TOO_LARGE = frozenset({"children", "name", "args", "kwargs", "worker", "queue", "stamps"})
-WIDEN_LATER = "run `rawbackend migrate` (next release)"
+WIDEN_LATER = "widen the column by hand (`rawbackend check` shows its size)"
 # Ids per statement of a native join's poll: bounded statements and result
 # sets (each driver passes the ids as one parameter, so no parameter limit).
 GET_MANY_CHUNK = 1000
