@@ -56,17 +56,25 @@ def spot(db) -> Database:
         yield own
 
 
-def cli(db: Database, tmp_path, *args: str):
-    """``rawbackend -A proj ARGS``: the app names the database, tables and schemas."""
+def cli(db: Database, tmp_path, *args: str, **conf):
+    """``rawbackend -A proj ARGS``: the app names the database, tables and
+    schemas (and has ``conf``, given the first time)."""
     proj = tmp_path / "proj.py"
     if not proj.exists():
         proj.write_text(textwrap.dedent(f"""
             from celery import Celery
             app = Celery("proj")
             app.conf.result_backend = {"rawdb+" + db.url!r}
-            app.conf.update({db.conf()!r})
+            app.conf.update({db.conf(**conf)!r})
         """))
     return run_command("-A", "proj", *args, cwd=tmp_path)
+
+
+def cli_process(tmp_path, *args: str) -> subprocess.Popen:
+    """``rawbackend -A proj ARGS`` running, its output read as it comes (``cli`` wrote proj.py)."""
+    command = [str(Path(sys.executable).with_name("rawbackend")), "-A", "proj", *args]
+    return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def names(db: Database) -> dict[str, str]:
@@ -306,12 +314,9 @@ def test_migrate_while_workers_write(spot, tmp_path, figures):
     workers = [threading.Thread(target=old_worker), threading.Thread(target=rawbackend_worker)]
     workers[0].start()
     cli(spot, tmp_path, "--help")  # writes proj.py
-    command = [str(Path(sys.executable).with_name("rawbackend")), "-A", "proj",
-               "migrate", "--apply", "--rewrite-tables"]
     writes_at_step = []  # how many rows the old worker had written as each step ended
     try:
-        with subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) as migrate:
+        with cli_process(tmp_path, "migrate", "--apply", "--rewrite-tables") as migrate:
             output = []
             for line in migrate.stdout:
                 output.append(line)
@@ -402,6 +407,36 @@ def test_what_migrate_cannot_fix_is_said(pg_db, tmp_path):
     assert migrate.returncode == 1
     assert "No automatic fix: too small column" in migrate.stdout
     assert "2 differences left to fix by hand." in migrate.stdout
+
+
+def test_a_step_that_times_out_on_a_lock_is_tried_again(pg_db, tmp_path):
+    """A long transaction holds the table: the index build's lock wait times
+    out (database_lock_timeout, 2 s here), and the step is tried again, and
+    succeeds once the transaction ends (after 3 s)."""
+    pg_db.backend().ResultSession().close()
+    table = pg_db.qualified(pg_db.group_table)
+    pg_db.query(f"DROP INDEX {pg_db.qualified(f'ix_{pg_db.group_table}_date_done')}")
+    cli(pg_db, tmp_path, "--help", database_lock_timeout=2)  # writes proj.py
+    holder = raw_connect("postgresql", pg_db.url)
+    holder.execute("BEGIN")
+    holder.execute(f"LOCK TABLE {table} IN SHARE MODE")  # blocks CREATE INDEX CONCURRENTLY
+    release = threading.Timer(3.0, holder.rollback)
+    try:
+        with cli_process(tmp_path, "migrate", "--apply") as migrate:
+            output = []
+            for line in migrate.stdout:
+                output.append(line)
+                if line.strip().startswith("CREATE INDEX CONCURRENTLY"):  # the plan's last line
+                    release.start()
+            stderr = migrate.stderr.read()
+    finally:
+        release.cancel()
+        if release.ident is not None:
+            release.join()
+        holder.close()
+    assert migrate.returncode == 0, "".join(output) + stderr
+    assert ", 2 tries)" in output[-2], output
+    assert cli(pg_db, tmp_path, "check").returncode == 0
 
 
 def test_an_invalid_index_is_rebuilt(pg_db, tmp_path):
