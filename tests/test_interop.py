@@ -776,4 +776,17 @@ def test_mariadb_with_sequences_is_told_apart_from_mysql(version, variant):
         def get_server_info(self):
             return version
 
+        def cursor(self):
+            return Cursor()
+
+    class Cursor:  # a MariaDB server that is no Galera node
+        def execute(self, sql):
+            assert sql == "SHOW VARIABLES LIKE 'wsrep_on'"
+
+        def fetchone(self):
+            return ("wsrep_on", "OFF")
+
+        def close(self):
+            pass
+
     assert MYSQL.variant_of(Connection()) == variant
