@@ -18,12 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
-
-import pytest
-
-from conftest import REQUIRE_SERVERS, Database
 
 MARIADBD = "/usr/sbin/mariadbd"
 PROVIDER = "/usr/lib/galera/libgalera_smm.so"
@@ -231,7 +226,7 @@ class Cluster:
         hosts = ",".join(node.address for node in nodes or self.nodes)
         return f"mysql://root@{hosts}/{database or self.database}"
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         shutil.chown(self.dir, USER, USER)
         os.chmod(self.dir, 0o755)
         for node in self.nodes:
@@ -266,48 +261,3 @@ class Cluster:
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-
-# -- fixtures: imported by the test modules -------------------------------------
-
-@pytest.fixture(scope="session")
-def galera():
-    """The cluster, started once for the session and stopped at its end."""
-    problem = missing()
-    if problem:
-        if REQUIRE_SERVERS:
-            pytest.fail(f"no Galera cluster can be started here: {problem} (RAWBACKEND_REQUIRE_SERVERS=1)")
-        pytest.skip(f"no Galera cluster can be started here: {problem}")
-    cluster = Cluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-def galera_db(galera):
-    """A database of the test's own on the cluster, dropped after; its URL
-    names the three nodes in order."""
-    name = f"g_{uuid.uuid4().hex[:10]}"
-    galera.nodes[0].execute(f"CREATE DATABASE `{name}`")
-    db = Database("mysql", galera.url(database=name), "celery_taskmeta", "celery_tasksetmeta")
-    db.name = name  # type: ignore[attr-defined]
-    try:
-        yield db
-    finally:
-        for app in db.apps:
-            backend = getattr(app, "_backend", None)
-            if backend is not None:
-                backend.session_manager.invalidate(backend.url)
-        for node in galera.nodes:  # any node of the Primary Component drops it for all
-            try:
-                node.execute(f"DROP DATABASE IF EXISTS `{name}`")
-                break
-            except Exception:  # down or cut off: the next one
-                continue
-
-
-def node_url(cluster: Cluster, db: Database, *indexes: int) -> str:
-    """``db``'s URL naming the nodes of ``indexes`` (1-based), in that order."""
-    return cluster.url(*(cluster.nodes[i - 1] for i in indexes), database=db.name)  # type: ignore[attr-defined]

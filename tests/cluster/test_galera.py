@@ -23,10 +23,16 @@ from celery.app.task import Context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reliability"))
 
-from conftest import MYSQL_URL, Database, require_server  # noqa: E402
-from galera import _connect, galera, galera_db, node_url  # noqa: E402, F401 (fixtures)
+from galera import Cluster, _connect, missing  # noqa: E402
+
+from conftest import MYSQL_URL, REQUIRE_SERVERS, Database, require_server  # noqa: E402
 from harness import (  # noqa: E402
-    CTX, Load, _child, _count_retries, check_no_harm, check_stored_exactly_once,
+    CTX,
+    Load,
+    _child,
+    _count_retries,
+    check_no_harm,
+    check_stored_exactly_once,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -35,6 +41,50 @@ CONF = {"result_serializer": "json", "accept_content": ["json"]}
 # Seconds a store may stall beyond the cluster's own outage (the issue's target).
 STALL_MARGIN = 1.0
 BEFORE, AFTER = 300, 300  # stores before a fault, and after the cluster is back
+
+
+@pytest.fixture(scope="session")
+def galera():
+    """The cluster, started once for the session and stopped at its end."""
+    problem = missing()
+    if problem:
+        if REQUIRE_SERVERS:
+            pytest.fail(f"no Galera cluster can be started here: {problem} (RAWBACKEND_REQUIRE_SERVERS=1)")
+        pytest.skip(f"no Galera cluster can be started here: {problem}")
+    cluster = Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def galera_db(galera):
+    """A database of the test's own on the cluster, dropped after; its URL
+    names the three nodes in order."""
+    name = f"g_{uuid.uuid4().hex[:10]}"
+    galera.nodes[0].execute(f"CREATE DATABASE `{name}`")
+    db = Database("mysql", galera.url(database=name), "celery_taskmeta", "celery_tasksetmeta")
+    db.name = name  # type: ignore[attr-defined]
+    try:
+        yield db
+    finally:
+        for app in db.apps:
+            backend = getattr(app, "_backend", None)
+            if backend is not None:
+                backend.session_manager.invalidate(backend.url)
+        for node in galera.nodes:  # any node of the Primary Component drops it for all
+            try:
+                node.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                break
+            except Exception:  # down or cut off: the next one
+                continue
+
+
+def node_url(cluster: Cluster, db: Database, *indexes: int) -> str:
+    """``db``'s URL naming the nodes of ``indexes`` (1-based), in that order."""
+    return cluster.url(*(cluster.nodes[i - 1] for i in indexes), database=db.name)  # type: ignore[attr-defined]
 
 
 def app_on(url: str, **conf) -> Celery:
@@ -158,7 +208,7 @@ class NodePinger(threading.Thread):
 
     @property
     def longest(self) -> float:
-        gaps = [b - a for a, b in zip(self.answered, self.answered[1:])]
+        gaps = [b - a for a, b in zip(self.answered, self.answered[1:], strict=False)]
         return max(gaps, default=0.0)
 
 
