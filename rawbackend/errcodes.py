@@ -66,6 +66,10 @@ MYSQL_CODES: dict[int, Verdict] = {
     # not help, another node does. 1213 above is also a certification conflict.
     1047: DISCONNECT,  # ER_UNKNOWN_COM_ERROR: "WSREP has not yet prepared node for application use"
     1180: DISCONNECT,  # ER_ERROR_DURING_COMMIT: "Not connected to Primary Component"
+    # MariaDB's stores refuse an id drawn from a sequence that is another row's
+    # (sql/mariadb/results.sql): run again, the store draws a new one. None of
+    # rawbackend's statements writes NULL into a NOT NULL column otherwise.
+    1048: TRANSIENT,  # ER_BAD_NULL_ERROR
 }
 
 # SQLite primary result codes (``exc.sqlite_errorcode & 0xFF``): extended codes
