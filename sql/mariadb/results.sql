@@ -2,11 +2,12 @@
 -- from the sequence, as Celery's backend does there (its tables have no
 -- AUTO_INCREMENT); everything else is sql/mysql/'s.
 --
--- A drawn id may belong to another row already: a sequence behind its table,
--- or a Galera cluster, whose sequences hand out an id twice now and then
--- around a node's crash and rejoin (seen: 1 store in 9,732 over three node
--- kills). ON DUPLICATE KEY UPDATE would then update that other task's row
--- (a no-op on a SUCCESS) and report success: a result lost without an error.
+-- A drawn id may belong to another row already: a sequence behind its table
+-- (restarted, restored from an older dump, made after the table), or on a
+-- Galera cluster (duplicate ids from INCREMENT BY 0 sequences after a node
+-- change are reported, e.g. privacyidea/privacyidea#3810; not seen here).
+-- ON DUPLICATE KEY UPDATE would then update that other task's row (a no-op
+-- on a SUCCESS) and report success: a result lost without an error.
 -- So the update first checks that the row it found is this task's, and sets
 -- id to NULL otherwise, which strict mode refuses (1048): the statement writes
 -- nothing and is retried (errcodes.py), drawing a new id. Strict mode is set
