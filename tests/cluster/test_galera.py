@@ -44,9 +44,10 @@ STALL_MARGIN = 1.0
 BEFORE, AFTER = 300, 300  # stores before a fault, and after the cluster is back
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def galera():
-    """The cluster, started once for the session and stopped at its end."""
+    """The cluster, started once for this module's tests and stopped after
+    them (not at the session's end: the rest of a run needs the cores)."""
     problem = missing()
     if problem:
         if REQUIRE_SERVERS:
