@@ -68,8 +68,8 @@ MYSQL_CODES: dict[int, Verdict] = {
     1180: DISCONNECT,  # ER_ERROR_DURING_COMMIT: "Not connected to Primary Component"
     # MariaDB's stores refuse an id drawn from a sequence that is another row's
     # (sql/mariadb/results.sql): run again, the store draws a new one. None of
-    # rawbackend's statements writes NULL into a NOT NULL column otherwise.
-    1048: TRANSIENT,  # ER_BAD_NULL_ERROR
+    # rawbackend's statements writes a number out of its column's range otherwise.
+    1264: TRANSIENT,  # ER_WARN_DATA_OUT_OF_RANGE (an error in strict mode)
 }
 
 # SQLite primary result codes (``exc.sqlite_errorcode & 0xFF``): extended codes

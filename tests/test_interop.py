@@ -796,7 +796,7 @@ def test_an_id_drawn_twice_is_refused_and_drawn_again(mysql_db):
     """A sequence behind its table (here restarted by hand; on Galera, around
     a node's crash) hands out an id that is another task's or group's: the
     store does not update that other row (and report success), it is refused
-    (1048), retried, and stored under a new id; the other rows are unchanged."""
+    (1264), retried, and stored under a new id; the other rows are unchanged."""
     backend = mysql_db.backend()
     backend.store_result("first", "one", states.SUCCESS)
     if backend.tables.variant is None:

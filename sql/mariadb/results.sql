@@ -9,9 +9,10 @@
 -- ON DUPLICATE KEY UPDATE would then update that other task's row (a no-op
 -- on a SUCCESS) and report success: a result lost without an error.
 -- So the update first checks that the row it found is this task's, and sets
--- id to NULL otherwise, which strict mode refuses (1048): the statement writes
--- nothing and is retried (errcodes.py), drawing a new id. Strict mode is set
--- for the statement (MariaDB's default modes), whatever the session's.
+-- id to 2^63 otherwise, out of range for INTEGER and BIGINT alike, which
+-- strict mode refuses (1264): the statement writes nothing and is retried
+-- (errcodes.py), drawing a new id. Strict mode is set for the statement
+-- (MariaDB's default modes), whatever the session's.
 
 -- name: store_result
 -- Insert a task's state, or update it unless a SUCCESS is stored already.
@@ -22,7 +23,7 @@ INSERT INTO {task_table} (id, task_id, status, result, date_done, traceback, chi
 VALUES (NEXTVAL({task_sequence_name}), %(task_id)s, %(status)s, %(result)s, %(date_done)s,
         %(traceback)s, %(children)s)
 ON DUPLICATE KEY UPDATE
-    id = IF(task_id = VALUES(task_id), id, NULL),
+    id = IF(task_id = VALUES(task_id), id, 9223372036854775808),
     result = IF(status = 'SUCCESS', result, VALUES(result)),
     date_done = IF(status = 'SUCCESS', date_done, VALUES(date_done)),
     traceback = IF(status = 'SUCCESS', traceback, VALUES(traceback)),
@@ -38,7 +39,7 @@ VALUES (NEXTVAL({task_sequence_name}), %(task_id)s, %(status)s, %(result)s, %(da
         %(traceback)s, %(children)s,
         %(name)s, %(args)s, %(kwargs)s, %(worker)s, %(retries)s, %(queue)s, %(stamps)s)
 ON DUPLICATE KEY UPDATE
-    id = IF(task_id = VALUES(task_id), id, NULL),
+    id = IF(task_id = VALUES(task_id), id, 9223372036854775808),
     result = IF(status = 'SUCCESS', result, VALUES(result)),
     date_done = IF(status = 'SUCCESS', date_done, VALUES(date_done)),
     traceback = IF(status = 'SUCCESS', traceback, VALUES(traceback)),
@@ -54,10 +55,10 @@ ON DUPLICATE KEY UPDATE
 
 -- name: save_group
 -- Insert or replace a group's result.
--- why: an id that is another group's would replace that group's result: refused (1048).
+-- why: an id that is another group's would replace that group's result: refused (1264).
 SET STATEMENT sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_AUTO_CREATE_USER,NO_ENGINE_SUBSTITUTION' FOR
 INSERT INTO {group_table} (id, taskset_id, result, date_done)
 VALUES (NEXTVAL({group_sequence_name}), %(taskset_id)s, %(result)s, %(date_done)s)
 ON DUPLICATE KEY UPDATE
-    id = IF(taskset_id = VALUES(taskset_id), id, NULL),
+    id = IF(taskset_id = VALUES(taskset_id), id, 9223372036854775808),
     result = VALUES(result), date_done = VALUES(date_done);
