@@ -114,7 +114,7 @@ def test_galera_refines_mariadb_and_keeps_sequences_first():
     sql/mysql/'s: its own sequences (INCREMENT BY 0), MariaDB's inserts that
     draw from them, reads with the causality check, MySQL's chords."""
     from rawbackend.dialects import MYSQL
-    from rawbackend.models import Task, TaskSet, Tables
+    from rawbackend.models import Tables, Task, TaskSet
 
     tables = Tables(MYSQL, Task.bound(), TaskSet.bound())
     tables.use_variant("galera")

@@ -24,9 +24,8 @@ from celery.app.task import Context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reliability"))
 
-from galera import Cluster, _connect, missing  # noqa: E402
-
 from conftest import MYSQL_URL, REQUIRE_SERVERS, Database, require_server  # noqa: E402
+from galera import Cluster, _connect, missing  # noqa: E402
 from harness import (  # noqa: E402
     CTX,
     Load,
