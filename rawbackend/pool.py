@@ -173,7 +173,10 @@ class Pool:
         try:
             for hook in self.on_connect:
                 hook(conn)
-        except BaseException:
+        except BaseException as exc:
+            verdict = classify(self.dialect.errors, exc) if isinstance(exc, Exception) else None
+            if verdict is not None and verdict.disconnect:
+                self.dialect.server_failed(conn)  # the next connect tries another host
             conn.close()
             raise
         return conn

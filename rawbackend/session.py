@@ -108,6 +108,11 @@ class Session:
             if verdict is None:
                 raise
             pooled, self._pooled = self._pooled, None
+            if verdict.disconnect:
+                # The next connection goes to another host of the URL, if it
+                # names several: this one may keep refusing (a Galera node cut
+                # off from its cluster, a read-only server).
+                engine.dialect.server_failed(pooled.conn)
             if engine.dialect.errors.code_of(exc) in engine.dialect.unprepare_codes:
                 # Behind PgBouncer in transaction mode, the statement psycopg
                 # prepared went with another server connection. Stop preparing
