@@ -169,6 +169,17 @@ class PrimaryAndStandby:
                 raise AssertionError(f"the standby is not synchronous after {timeout:g}s: {rows}")
             time.sleep(0.05)
 
+    def wait_replayed(self, timeout: float = 30.0) -> None:
+        """Until the standby has applied everything the primary has written
+        (synchronous_commit=on waits for the standby's disk, not its replay)."""
+        [(lsn,)] = self.primary.sql("SELECT pg_current_wal_lsn()::text", dbname="postgres")
+        deadline = time.monotonic() + timeout
+        while not self.standby.sql("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,),
+                                   dbname="postgres")[0][0]:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"the standby has not replayed {lsn} after {timeout:g}s")
+            time.sleep(0.02)
+
     def url(self, query: str = "?target_session_attrs=read-write", dbname: str = DBNAME) -> str:
         """The URL users write: both nodes, the primary's first."""
         return (f"postgresql://postgres@{self.primary.address},{self.standby.address}"
@@ -182,8 +193,9 @@ class PrimaryAndStandby:
         stopped = time.monotonic()
         self.standby.ctl("-w", "-t", str(int(COMMAND_TIMEOUT)), "promote")
         promoted = time.monotonic()
-        self.standby.sql("ALTER SYSTEM RESET synchronous_standby_names", dbname="postgres")
-        self.standby.sql("SELECT pg_reload_conf()", dbname="postgres")
+        with closing(self.standby.connect("postgres")) as conn:
+            conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            conn.execute("SELECT pg_reload_conf()")
         reset = time.monotonic()
         self.primary, self.standby = self.standby, self.primary
         return {"stop": stopped - began, "promote": promoted - stopped, "reset": reset - promoted}

@@ -18,12 +18,13 @@ import uuid
 from urllib.parse import quote
 
 import pytest
-from celery import states
+from celery import Celery, states
 
 import test_chords
 import test_concurrency
 from conftest import REQUIRE_SERVERS, Database, _drop, wait_until
 from pgcluster import PG_BIN, PrimaryAndStandby
+from rawbackend.errors import ConnectFailed, ReadOnlyServer
 from reliability.harness import Load, Pinger, check_no_harm, check_stored_exactly_once, lost
 
 pytestmark = [pytest.mark.cluster, pytest.mark.postgresql, pytest.mark.slow]
@@ -32,7 +33,9 @@ PER_THREAD = 2_500  # the hard bound of each writer thread
 BEFORE = 400  # stores before the failover
 AFTER = 400  # stores once the new primary takes writes, before the writers stop
 STALL_MARGIN = 1.0  # seconds a store may stall beyond the outage
-REMOTE_APPLY = "?options=" + quote("-c synchronous_commit=remote_apply")
+REMOTE_APPLY = "options=" + quote("-c synchronous_commit=remote_apply")
+READS = 50  # reads through the standby right after a store
+AT_ONCE = 10.0  # seconds: far below the 30 s reconnect wait, let alone four of them
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,19 @@ def ha_db(pg_cluster):
     db = cluster_database(pg_cluster.url())
     yield db
     _drop(db)
+
+
+def app_on(db: Database, url: str, **conf) -> Celery:
+    """An app on ``url`` with ``db``'s tables (its pools dropped with ``db``)."""
+    app = Celery(f"ha-{uuid.uuid4().hex[:6]}", set_as_current=False)
+    app.conf.update(result_backend=f"rawdb+{url}", **db.conf(**conf))
+    db.apps.append(app)
+    return app
+
+
+def rows_of(db: Database, task_id: str) -> list[tuple]:
+    return db.query(f"SELECT status FROM {db.qualified(db.task_table)} WHERE task_id = %s",
+                    (task_id,))
 
 
 class Failover:
@@ -136,3 +152,136 @@ def test_failover_under_load(ha_db, tmp_path, pg_cluster, figures):
     figures(f"failover under load, target_session_attrs=read-write: {describe(outcome, outage, steps)}")
     check_failover_survived(ha_db, "failover", outcome, outage)
 
+
+
+def test_failover_without_target_session_attrs(pg_cluster, tmp_path, figures):
+    """Without target_session_attrs libpq takes the first node that accepts:
+    during the failover that is the standby, where a write gets 25006
+    (read-only). The connection is dropped and the store waits for a node
+    that takes writes."""
+    db = cluster_database(pg_cluster.url(query=""))
+    try:
+        outcome, outage, steps = under_load(db, tmp_path, pg_cluster, "anynode")
+        figures(f"failover under load, no target_session_attrs: {describe(outcome, outage, steps)}")
+        check_failover_survived(db, "anynode", outcome, outage)
+    finally:
+        _drop(db)
+
+
+# -- through one node, then the other -------------------------------------------
+
+
+def test_a_result_stored_through_one_node_is_read_through_the_other(ha_db, pg_cluster, figures):
+    """With synchronous_commit=remote_apply in the URL a store returns once the
+    standby has applied it: a read there right after finds it, every time.
+    With on (the cluster's setting) the standby has the commit on disk when
+    the store returns, and a read there may come before it is applied:
+    counted, not asserted."""
+    ha_db.backend().store_result("tables", None, states.SUCCESS)  # made on the primary
+    pg_cluster.wait_replayed()
+    on_standby = app_on(ha_db, pg_cluster.standby.url()).backend
+    missed = {}
+    for setting, query in (("on", "?target_session_attrs=read-write"),
+                           ("remote_apply", f"?target_session_attrs=read-write&{REMOTE_APPLY}")):
+        writer = app_on(ha_db, pg_cluster.url(query)).backend
+        missed[setting] = 0
+        for k in range(READS):
+            task_id = f"{setting}-{k}"
+            writer.store_result(task_id, {"k": k}, states.SUCCESS)
+            meta = on_standby.get_task_meta(task_id, cache=False)
+            if meta["status"] != states.SUCCESS:
+                missed[setting] += 1
+            else:
+                assert meta["result"] == {"k": k}
+    figures(f"reads through the standby right after a store through the primary: "
+            f"{missed['on']} of {READS} still PENDING with synchronous_commit=on, "
+            f"{missed['remote_apply']} of {READS} with remote_apply")
+    assert missed["remote_apply"] == 0
+    pg_cluster.wait_replayed()
+    assert all(on_standby.get_task_meta(f"on-{k}", cache=False)["result"] == {"k": k}
+               for k in range(READS))
+
+
+# -- a URL that leads only to a standby -------------------------------------------
+
+
+def test_only_a_standby_with_read_write_fails_at_once_naming_it(ha_db, pg_cluster):
+    """target_session_attrs=read-write and no primary among the hosts: libpq
+    turns each down, and the error says so, at once (a wrong URL, not an
+    outage to wait for)."""
+    ha_db.backend().store_result("tables", None, states.SUCCESS)  # made on the primary
+    app = app_on(ha_db, pg_cluster.standby.url(query="?target_session_attrs=read-write"))
+    began = time.monotonic()
+    with pytest.raises(ConnectFailed) as caught:
+        app.backend.store_result("never", 1, states.SUCCESS)  # the tables are made at set-up
+    took = time.monotonic() - began
+    message = str(caught.value)
+    assert pg_cluster.standby.address in message
+    assert "session is read-only" in message
+    assert "No host of the URL would do: a host that answered is read-only" in message
+    assert took < AT_ONCE, f"took {took:.1f}s"
+    assert rows_of(ha_db, "never") == []
+
+
+def test_only_a_standby_raises_read_only_at_once_and_writes_nothing(ha_db, pg_cluster):
+    """Without target_session_attrs libpq takes the standby: results are read
+    there, and a store fails at once with an error that says read-only, names
+    the standby and how to reach the primary; nothing is written anywhere."""
+    ha_db.backend().store_result("stored", {"on": "primary"}, states.SUCCESS)
+    pg_cluster.wait_replayed()
+    backend = app_on(ha_db, pg_cluster.standby.url()).backend
+    assert backend.get_task_meta("stored", cache=False)["result"] == {"on": "primary"}
+    began = time.monotonic()
+    with pytest.raises(ReadOnlyServer) as caught:
+        backend.store_result("refused", 1, states.SUCCESS)
+    took = time.monotonic() - began
+    message = str(caught.value)
+    assert f"server at {pg_cluster.standby.address} is read-only" in message
+    assert "cannot execute INSERT in a read-only transaction" in message
+    assert "target_session_attrs=read-write" in message
+    assert took < AT_ONCE, f"took {took:.1f}s"
+    assert rows_of(ha_db, "refused") == []
+    assert backend.get_task_meta("refused", cache=False)["status"] == states.PENDING
+
+
+# -- racing processes, tables made at once, groups and chords -----------------------
+
+
+def test_two_processes_store_the_same_ids_at_once(ha_db, tmp_path):
+    """The body of the single-server race (4 forked processes, the same ids,
+    STARTED/SUCCESS/STARTED), on the pair: nothing raises, one row per id,
+    every id SUCCESS."""
+    test_concurrency.test_forked_processes_race_on_the_same_task_ids(ha_db, tmp_path)
+
+
+def test_fresh_backends_create_the_tables_at_once(ha_db, tmp_path):
+    """6 processes create the tables at the same instant through both nodes' URL."""
+    test_concurrency.test_many_workers_create_the_tables_at_once(ha_db, tmp_path)
+
+
+def test_last_two_chord_parts_at_once_fire_the_body_once(ha_db, tmp_path):
+    test_chords.test_last_two_parts_at_once_fire_the_body_once(ha_db, tmp_path)
+
+
+def test_groups_and_chords_across_a_failover(ha_db, pg_cluster):
+    """Half a chord's parts before the failover, half after: the body fires
+    once with every result; a group saved before is restored after."""
+    c = test_chords.Chord(ha_db, 4)
+    app, backend = c.app, c.backend
+    group = app.GroupResult(uuid.uuid4().hex, [app.AsyncResult(p) for p in c.part_ids])
+    backend.save_group(group.id, group)
+    c.done(0)
+    c.done(1)
+    pg_cluster.failover()
+    try:
+        c.done(2)
+        c.done(3)
+        assert c.fired == [[0, 10, 20, 30]]
+        assert backend.restore_group(group.id, cache=False) == group
+        failing = test_chords.Chord(ha_db, 2)
+        failing.done(0)
+        failing.fail(1, KeyError("part 1"))
+        assert failing.fired == []
+        assert len(failing.errors) == 1 and "Dependency" in failing.errors[0]
+    finally:
+        pg_cluster.rebuild()
