@@ -62,7 +62,7 @@ def as_postgres() -> list[str]:
 
 def run(*command: str, timeout: float = COMMAND_TIMEOUT) -> str:
     done = subprocess.run(
-        [*as_postgres(), *command], stdin=subprocess.DEVNULL, capture_output=True,
+        [*as_postgres(), *command], check=False, stdin=subprocess.DEVNULL, capture_output=True,
         text=True, timeout=timeout,
     )
     if done.returncode != 0:
@@ -74,9 +74,9 @@ def run(*command: str, timeout: float = COMMAND_TIMEOUT) -> str:
 class Node:
     """One PostgreSQL cluster: a data directory, a port, a log."""
 
-    def __init__(self, root: Path, name: str):
+    def __init__(self, root: Path, name: str, port: int | None = None):
         self.name = name
-        self.port = free_port()
+        self.port = port or free_port()
         self.data = root / name
         self.log = root / f"{name}.log"
 
@@ -132,12 +132,13 @@ class PrimaryAndStandby:
         self.primary.start()
         self.primary.sql(f"CREATE DATABASE {DBNAME}", dbname="postgres")
         self.standby = self._new_standby()
+        self.addresses = (self.primary.address, self.standby.address)
 
-    def _new_node(self) -> Node:
+    def _new_node(self, port: int | None = None) -> Node:
         self.generation += 1
-        return Node(self.root, f"node{self.generation}")
+        return Node(self.root, f"node{self.generation}", port)
 
-    def _new_standby(self) -> Node:
+    def _new_standby(self, port: int | None = None) -> Node:
         """A streaming copy of the primary, and the primary waiting for it on
         every commit from then on."""
         # In postgresql.auto.conf (ALTER SYSTEM), which pg_basebackup copies:
@@ -146,7 +147,7 @@ class PrimaryAndStandby:
         # standby runs: until then each commit would wait for it.
         self.primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'",
                          dbname="postgres")
-        standby = self._new_node()
+        standby = self._new_node(port)
         run(str(PG_BIN / "pg_basebackup"), "-D", str(standby.data), "-X", "stream", "-R",
             "--no-sync", "-c", "fast",
             "-d", f"host=127.0.0.1 port={self.primary.port} user=postgres "
@@ -181,15 +182,23 @@ class PrimaryAndStandby:
             time.sleep(0.02)
 
     def url(self, query: str = "?target_session_attrs=read-write", dbname: str = DBNAME) -> str:
-        """The URL users write: both nodes, the primary's first."""
-        return (f"postgresql://postgres@{self.primary.address},{self.standby.address}"
-                f"/{dbname}{query}")
+        """The URL users write: both addresses, which stay those of the pair
+        across failovers (the first is the primary's until the first one)."""
+        first, second = self.addresses
+        return f"postgresql://postgres@{first},{second}/{dbname}{query}"
 
-    def failover(self) -> dict[str, float]:
-        """Stop the primary at once, promote the standby, let it commit alone.
-        Each step's duration in seconds."""
+    def query_url(self, query: str = "&target_session_attrs=read-write", dbname: str = DBNAME) -> str:
+        """The same in SQLAlchemy's form: postgresql://user@/db?host=h1:p1&host=h2:p2."""
+        first, second = self.addresses
+        return f"postgresql://postgres@/{dbname}?host={first}&host={second}{query}"
+
+    def failover(self, detection: float = 0.0) -> dict[str, float]:
+        """Stop the primary at once, promote the standby ``detection`` seconds
+        later (what a failure detector such as Patroni's takes), let it commit
+        alone. Each step's duration in seconds."""
         began = time.monotonic()
         self.primary.stop("immediate")
+        time.sleep(detection)
         stopped = time.monotonic()
         self.standby.ctl("-w", "-t", str(int(COMMAND_TIMEOUT)), "promote")
         promoted = time.monotonic()
@@ -201,13 +210,14 @@ class PrimaryAndStandby:
         return {"stop": stopped - began, "promote": promoted - stopped, "reset": reset - promoted}
 
     def rebuild(self) -> None:
-        """After a failover: the old primary goes, a new standby of the new
-        primary comes, synchronous again."""
+        """After a failover: the old primary's data goes, and a new standby of
+        the new primary comes up at its address, synchronous again (the URL
+        naming both addresses stays right)."""
         old = self.standby
         if old.running():
             old.stop("immediate")
         shutil.rmtree(old.data, ignore_errors=True)
-        self.standby = self._new_standby()
+        self.standby = self._new_standby(old.port)
 
     def writes(self, url: str, statement: str) -> bool:
         """Whether a new connection through ``url`` gets ``statement`` committed."""
