@@ -124,12 +124,29 @@ def under_load(db: Database, tmp_path, cluster: PrimaryAndStandby, prefix: str,
     return outcome, pinger.longest, failover.steps
 
 
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def stalls(outcome) -> str:
+    """The stores in flight during the outage: how many, their longest and
+    99th percentile; and the 99th percentile of all stores."""
+    start, end = outcome.window
+    during = [took for began, took in outcome.timings if began < end and began + took > start]
+    every = [took for _, took in outcome.timings]
+    return (f"{len(during)} stores in flight during it: max {max(during, default=0):.2f}s, "
+            f"p99 {percentile(during, 0.99):.2f}s, p50 {percentile(during, 0.5):.2f}s; "
+            f"p99 of all stores {percentile(every, 0.99) * 1000:.0f} ms")
+
+
 def describe(outcome, outage: float, steps: dict[str, float]) -> str:
     start, end = outcome.window
     began = outcome.longest_at
     return (
-        f"outage {outage:.2f}s (stop and detection {steps['stop']:.2f}s, promote {steps['promote']:.2f}s, "
-        f"reset {steps['reset']:.2f}s); {outcome.stores} stores, {len(outcome.failed)} raised; "
+        f"outage {outage:.2f}s (stop and detection {steps['stop']:.2f}s, promote "
+        f"{steps['promote']:.2f}s, reset {steps['reset']:.2f}s); {stalls(outcome)}; "
+        f"{outcome.stores} stores, {len(outcome.failed)} raised; "
         f"slowest store {outcome.longest:.2f}s (began {began - start:+.2f}s after the last "
         f"answer, ended {began + outcome.longest - end:+.2f}s after the next), slowest read "
         f"{outcome.longest_read:.2f}s; {outcome.reads} reads, {len(outcome.read_errors)} raised; "
