@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from celery.utils.time import get_exponential_backoff_interval
 
-from .errors import ReadOnlyServer, classify
+from .errors import ReadOnlyServer, Verdict, classify
 from .loader import load_dialect
 from .models import KNOWN_SLOTS, REQUIRED
 from .pool import Pool, PooledConnection
@@ -124,8 +124,9 @@ class Session:
                     engine.putconn(pooled, discard=True)
                     engine.dispose()
                 else:
-                    # Where it went, asked before the connection is closed.
-                    read_only = _read_only_error(engine, pooled.conn, exc) if verdict.read_only else None
+                    read_only = None
+                    if verdict.read_only:  # asked where it went before the connection closes
+                        read_only = _read_only_error(engine, pooled.conn, exc, verdict)
                     engine.putconn(pooled, discard=verdict.disconnect)
                     if read_only is not None:
                         raise read_only from exc
@@ -134,7 +135,7 @@ class Session:
                 may_rerun = False
 
 
-def _read_only_error(engine: Pool, conn, exc: Exception) -> ReadOnlyServer:
+def _read_only_error(engine: Pool, conn, exc: Exception, verdict: Verdict) -> ReadOnlyServer:
     """The error of a write that reached a server taking none: which server,
     and how to reach the primary instead."""
     dialect = engine.dialect
@@ -143,7 +144,7 @@ def _read_only_error(engine: Pool, conn, exc: Exception) -> ReadOnlyServer:
         f"rawbackend: the {dialect.name} server at {where} is read-only (a standby, or a "
         f"read-only session): {exc}; nothing was written. To write to the primary, "
         f"{dialect.read_only_hint or 'point the URL at it'}",
-        classify(dialect.errors, exc),
+        verdict,
     )
 
 
