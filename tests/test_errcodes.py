@@ -55,6 +55,12 @@ LIBPQ_NONE_WRITABLE = (
 )
 
 
+def test_a_connect_that_no_host_took_is_a_disconnect():
+    """libpq's failures of a host list carry no SQLSTATE: the codeless rule
+    makes them a disconnect, waited for once the URL has answered."""
+    assert classify(POSTGRESQL.errors, psycopg.OperationalError(LIBPQ_NONE_WRITABLE)) == DISCONNECT
+
+
 def test_a_connect_that_found_only_standbys_says_so():
     hint = POSTGRESQL.connect_hint(psycopg.OperationalError(LIBPQ_NONE_WRITABLE))
     assert hint == (". No host of the URL would do: a host that answered is read-only (a standby, "
