@@ -15,6 +15,7 @@ new standby of the new primary, so the next test has a pair again.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -46,6 +47,18 @@ PRIMARY_SETTINGS = {
     "wal_receiver_status_interval": "'1s'",
     "log_min_messages": "warning",
 }
+
+
+def missing() -> str | None:
+    """Why a pair can't be made here, or None."""
+    if not os.access(PG_BIN / "initdb", os.X_OK):
+        return f"no PostgreSQL server binaries in {PG_BIN} (set RAWBACKEND_PG_BIN)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no postgres user to run the servers as"
+    return None
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ The pair is the module's; a test that fails it over makes a new standby after.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import uuid
 from urllib.parse import quote
@@ -24,7 +23,7 @@ from celery import Celery, states
 import test_chords
 import test_concurrency
 from conftest import REQUIRE_SERVERS, Database, _drop, wait_until
-from pgcluster import PG_BIN, PrimaryAndStandby
+from pgcluster import PrimaryAndStandby, missing
 from rawbackend.errors import ConnectFailed, ReadOnlyServer
 from reliability.harness import Load, Pinger, check_no_harm, check_stored_exactly_once, lost
 
@@ -41,8 +40,8 @@ AT_ONCE = 10.0  # seconds: far below the 30 s reconnect wait, let alone four of 
 
 @pytest.fixture(scope="module")
 def pg_cluster():
-    if not os.access(PG_BIN / "initdb", os.X_OK):
-        problem = f"no PostgreSQL server binaries in {PG_BIN} (RAWBACKEND_PG_BIN)"
+    problem = missing()
+    if problem:
         if REQUIRE_SERVERS:
             pytest.fail(f"{problem} (RAWBACKEND_REQUIRE_SERVERS=1)")
         pytest.skip(problem)
