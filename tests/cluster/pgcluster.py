@@ -10,7 +10,8 @@ never touched.
 once (``pg_ctl stop -m immediate``), the standby is promoted, and the
 promoted node stops waiting for a synchronous standby it no longer has
 (left as it is, every commit there would hang). ``rebuild()`` then makes a
-new standby of the new primary, so the next test has a pair again.
+new standby of the new primary at the old one's address: the next test has
+a pair again, and one URL names it throughout.
 """
 from __future__ import annotations
 
