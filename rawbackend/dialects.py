@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from . import errcodes
 from .errors import ErrorRules
@@ -124,7 +125,8 @@ class Dialect:
             return [f"{host}:{port}" for host, port in params["hosts"]]
         hosts = str(params.get("host") or "localhost").split(",")
         ports = str(params.get("port") or self.default_port).split(",")
-        return [f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts))]
+        # One port for every host, or one port each.
+        return [f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts), strict=False)]
 
     def connect_hint(self, exc: BaseException) -> str:
         """What a failed connect's reasons mean, as a sentence to add ("" if
@@ -179,7 +181,7 @@ def _connect_mysql_host(params: dict) -> Any:
     read_timeout = params.get("read_timeout")
     handshake = {**params, "read_timeout": read_timeout or params.get("connect_timeout", 10)}
     conn = pymysql.connect(autocommit=True, **handshake)
-    conn._read_timeout = read_timeout
+    conn._read_timeout = read_timeout  # type: ignore[attr-defined]  # private: not in PyMySQL's stubs
     return conn
 
 

@@ -7,7 +7,7 @@ import re
 import string
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, TypeVar, cast
 
 from celery import states
 from celery.exceptions import ImproperlyConfigured
@@ -31,8 +31,13 @@ def _check_identifier(kind: str, value: str | None) -> str | None:
     return value
 
 
+ModelT = TypeVar("ModelT", bound="_Model")
+
+
+# A dataclass with no fields of its own: columns() reads its subclasses' fields.
+@dataclass(repr=False, eq=False)
 class _Model:
-    """What the three models share: their table, and ``configure``."""
+    """What the models share: their table, and ``configure``."""
 
     __tablename__: ClassVar[str]
     __sequence__: ClassVar[str | None] = None
@@ -46,10 +51,10 @@ class _Model:
         cls.table_name = _check_identifier("name", name) or cls.__tablename__
 
     @classmethod
-    def bound(cls) -> type:
+    def bound(cls: type[ModelT]) -> type[ModelT]:
         """A subclass of its own, so that one backend's ``configure`` never
         changes another's tables (two apps in one process)."""
-        return type(cls.__name__, (cls,), {"__module__": cls.__module__})
+        return cast("type[ModelT]", type(cls.__name__, (cls,), {"__module__": cls.__module__}))
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:

@@ -1,15 +1,16 @@
 """A small thread-safe, fork-safe connection pool: the "engine" of one URL."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import threading
 import time
-import itertools
 import weakref
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .dialects import Dialect, replace_socket_with_devnull
 from .errors import ConnectFailed, classify
@@ -43,7 +44,7 @@ class PooledConnection:
 
 
 # Every pool of this process, to be reset in a forked child.
-_POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 # Generations are unique in the process and its children, so that a connection
 # checked out before a dispose() or a fork is never taken back.
 _GENERATIONS = itertools.count()

@@ -13,7 +13,8 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from celery.utils.time import get_exponential_backoff_interval
 
@@ -88,7 +89,7 @@ class Session:
         if pooled is not None:
             self.engine.putconn(pooled)
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -200,12 +201,12 @@ def _one(cursor, sql: str) -> dict | None:
     row = cursor.fetchone()
     if row is None:
         return None
-    return dict(zip(_names(cursor, sql), row))
+    return dict(zip(_names(cursor, sql), row, strict=True))
 
 
 def _all(cursor, sql: str) -> list[dict]:
     names = _names(cursor, sql)
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 class SessionManager:
@@ -385,7 +386,7 @@ def _is_driver_error(engine: Pool, exc: Exception) -> bool:
     return isinstance(exc, getattr(driver, "Error", ()))
 
 
-_MANAGERS: "weakref.WeakSet[SessionManager]" = weakref.WeakSet()
+_MANAGERS: weakref.WeakSet[SessionManager] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:

@@ -110,28 +110,50 @@ class PostgreSQL(Server):
 
 
 class MariaDB(Server):
+    """The machine's main server, known by the pid in its own pid file: other
+    mariadbd processes (a test's Galera nodes) are never taken for it."""
+
     def __init__(self):
         super().__init__("mysql")
+        conn = raw_connect("mysql")
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT @@pid_file")
+            self.pid_file = cur.fetchone()[0]
+        finally:
+            conn.close()
 
     def controllable(self) -> str | None:
         if self.host not in ("127.0.0.1", "localhost") or not os.access(MARIADBD, os.X_OK):
             return f"the MySQL server is not a local {MARIADBD} this test can restart"
+        if not os.path.isabs(self.pid_file or ""):
+            return f"the server's pid file {self.pid_file!r} is not an absolute path"
         return None
 
     def mysqladmin(self, *args: str) -> list[str]:
         return ["mysqladmin", f"-u{self.params.get('user', 'root')}", f"-h{self.host}",
                 f"-P{self.port}", *args]
 
+    def pid(self) -> int | None:
+        """The main server's pid while it runs, else None."""
+        try:
+            with open(self.pid_file) as f:
+                pid = int(f.read().split()[0])
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if os.path.basename(exe).startswith("mariadbd") else None
+
     def running(self) -> bool:
-        status = subprocess.run(["start-stop-daemon", "--status", "--exec", MARIADBD], timeout=30)
-        return status.returncode == 0
+        return self.pid() is not None
 
     def started(self):
-        out = subprocess.run(["pgrep", "-x", "mariadbd"], capture_output=True, text=True, timeout=30)
-        return out.stdout.split()
+        return self.pid()
 
     def start(self) -> None:
-        run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", MARIADBD])
+        # --pidfile: "already running" means this server, not any mariadbd.
+        run(["start-stop-daemon", "--start", "--oknodo", "--background",
+             "--pidfile", self.pid_file, "--exec", MARIADBD])
 
     def stop(self) -> None:
         run(self.mysqladmin("shutdown"))

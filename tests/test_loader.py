@@ -99,7 +99,7 @@ def test_variant_creates_sequences_before_the_tables_that_use_them():
     too. In the dialect's order, tables came first, and a store racing the
     creation failed with 1146 "Table 'task_id_sequence' doesn't exist"."""
     from rawbackend.dialects import MYSQL
-    from rawbackend.models import Task, TaskSet, Tables
+    from rawbackend.models import Tables, Task, TaskSet
 
     tables = Tables(MYSQL, Task.bound(), TaskSet.bound())
     tables.use_variant("mariadb")
