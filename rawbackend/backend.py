@@ -215,11 +215,15 @@ class DatabaseBackend(BaseBackend):
 
     def exception_safe_to_retry(self, exc):
         """True for errors that the driver's code says are transient, except
-        a lost connection to a server that never answered: that is a wrong
-        URL, or a server not up yet, and waiting for it would only hide it."""
+        a lost connection to a server that never answered, and a write
+        refused as read-only where no server ever took writes: that is a
+        wrong URL (or one leading only to a standby), or a server not up yet,
+        and waiting for it would only hide it."""
         verdict = classify(self.dialect.errors, exc)
         if verdict is None:
             return False
+        if verdict.read_only:
+            return self.session_manager.has_answered(self.url, writable=True)
         return not verdict.disconnect or self.session_manager.has_answered(self.url)
 
     def on_backend_retryable_error(self, exc):

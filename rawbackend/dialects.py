@@ -77,6 +77,17 @@ class Dialect:
     encode_ids: Callable[[list[str]], Any] = _same
     # The socket a connection owns, to be replaced in a forked child (pool.py).
     socket_of: Callable[[Any], int | None] = lambda conn: None
+    # Where a connection went (``host:port``: one of the URL's hosts), for errors.
+    address_of: Callable[[Any], str | None] = lambda conn: None
+    # Whether a connection's server takes no writes (a standby), when the
+    # driver knows it without a round trip; False when it can't tell.
+    read_only: Callable[[Any], bool] = lambda conn: False
+    # How to reach a server that takes writes, for the error of a write that
+    # reached one that doesn't.
+    read_only_hint: str = ""
+    # Why the driver passed over a host, lowercase -> what it means, added to
+    # a failed connect's error (see connect_hint).
+    connect_hints: dict[str, str] = field(default_factory=dict)
     # Parameters that a pool of this dialect must use whatever the options say
     # (one shared in-memory SQLite database lives only as long as its connection).
     pool_overrides: Callable[[dict], dict] = lambda params: {}
@@ -123,6 +134,13 @@ class Dialect:
         ports = str(params.get("port") or self.default_port).split(",")
         # One port for every host, or one port each.
         return [f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts), strict=False)]
+
+    def connect_hint(self, exc: BaseException) -> str:
+        """What a failed connect's reasons mean, as a sentence to add ("" if
+        none of ``connect_hints`` is among them)."""
+        message = str(exc).lower()
+        hints = [hint for reason, hint in self.connect_hints.items() if reason in message]
+        return f". No host of the URL would do: {'; '.join(hints)}" if hints else ""
 
     def typed(self, params: dict[str, Any]) -> dict[str, Any]:
         """Query-string values converted to what the driver's connect takes."""
@@ -210,6 +228,21 @@ def _postgresql_socket(conn) -> int | None:
         return conn.pgconn.socket
     except Exception:  # closed, or never opened
         return None
+
+
+def _postgresql_address(conn) -> str | None:
+    try:
+        return f"{conn.info.host}:{conn.info.port}"
+    except Exception:  # closed
+        return None
+
+
+def _postgresql_read_only(conn) -> bool:
+    # Reported by the server with the connection (PostgreSQL 14+, as libpq's
+    # target_session_attrs reads them): no round trip. Older servers: None.
+    info = conn.info
+    return "on" in (info.parameter_status("in_hot_standby"),
+                    info.parameter_status("default_transaction_read_only"))
 
 
 def _mysql_socket(conn) -> int | None:
@@ -315,6 +348,12 @@ POSTGRESQL = Dialect(
     },
     unprepare_codes=errcodes.POSTGRESQL_UNPREPARE,
     socket_of=_postgresql_socket,
+    address_of=_postgresql_address,
+    read_only=_postgresql_read_only,
+    read_only_hint="name every node of the cluster in the URL with ?target_session_attrs=read-write "
+    "(postgresql://host1:5432,host2:5432/db?target_session_attrs=read-write), so that "
+    "only the primary is used",
+    connect_hints=errcodes.POSTGRESQL_CONNECT_HINTS,
 )
 
 MYSQL = Dialect(
