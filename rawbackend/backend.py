@@ -37,7 +37,7 @@ DEFAULT_RECONNECT_TIMEOUT = 30.0  # seconds to wait for a server to come back
 # Columns a store may leave out (NULL) when a value does not fit, with a
 # warning; a result or traceback that does not fit is an error instead.
 LEFT_OUT_IF_TOO_LARGE = frozenset({"children", "name", "args", "kwargs", "worker", "queue", "stamps"})
-WIDEN_LATER = "run `rawbackend migrate` (next release)"
+WIDEN_LATER = "widen the column by hand (`rawbackend check` shows its size)"
 # Ids per statement of a native join's poll: bounded statements and result
 # sets (each driver passes the ids as one parameter, so no parameter limit).
 GET_MANY_CHUNK = 1000
@@ -226,11 +226,15 @@ class DatabaseBackend(BaseBackend):
 
     def exception_safe_to_retry(self, exc):
         """True for errors that the driver's code says are transient, except
-        a lost connection to a server that never answered: that is a wrong
-        URL, or a server not up yet, and waiting for it would only hide it."""
+        a lost connection to a server that never answered, and a write
+        refused as read-only where no server ever took writes: that is a
+        wrong URL (or one leading only to a standby), or a server not up yet,
+        and waiting for it would only hide it."""
         verdict = classify(self.dialect.errors, exc)
         if verdict is None:
             return False
+        if verdict.read_only:
+            return self.session_manager.has_answered(self.url, writable=True)
         return not verdict.disconnect or self.session_manager.has_answered(self.url)
 
     def on_backend_retryable_error(self, exc):

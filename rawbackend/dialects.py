@@ -95,6 +95,17 @@ class Dialect:
     encode_ids: Callable[[list[str]], Any] = _same
     # The socket a connection owns, to be replaced in a forked child (pool.py).
     socket_of: Callable[[Any], int | None] = lambda conn: None
+    # Where a connection went (``host:port``: one of the URL's hosts), for errors.
+    address_of: Callable[[Any], str | None] = lambda conn: None
+    # Whether a connection's server takes no writes (a standby), when the
+    # driver knows it without a round trip; False when it can't tell.
+    read_only: Callable[[Any], bool] = lambda conn: False
+    # How to reach a server that takes writes, for the error of a write that
+    # reached one that doesn't.
+    read_only_hint: str = ""
+    # Why the driver passed over a host, lowercase -> what it means, added to
+    # a failed connect's error (see connect_hint).
+    connect_hints: dict[str, str] = field(default_factory=dict)
     # Parameters that a pool of this dialect must use whatever the options say
     # (one shared in-memory SQLite database lives only as long as its connection).
     pool_overrides: Callable[[dict], dict] = lambda params: {}
@@ -102,6 +113,13 @@ class Dialect:
     # server behind a connection, or None (MariaDB answers mysql:// URLs).
     variant_of: Callable[[Any], str | None] = lambda conn: None
     variants: tuple[str, ...] = ()  # what variant_of may answer
+    # A variant that refines another: its statements first, then the base
+    # variant's it does not replace, then the dialect's own (galera -> mariadb).
+    variant_bases: dict[str, str] = field(default_factory=dict)
+    # Told that a connection failed with a disconnect verdict, so that the next
+    # connect starts at another of the URL's hosts (a Galera node cut off from
+    # the cluster still accepts connections, and refuses every statement).
+    server_failed: Callable[[Any], None] = lambda conn: None
     # The bytes a statement with its parameters takes on the wire, to compare
     # with the server's max_statement (read only where there is one): exact
     # when it comes near ``limit``, a cheap upper bound below that.
@@ -139,6 +157,13 @@ class Dialect:
         # One port for every host, or one port each.
         return [f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts), strict=False)]
 
+    def connect_hint(self, exc: BaseException) -> str:
+        """What a failed connect's reasons mean, as a sentence to add ("" if
+        none of ``connect_hints`` is among them)."""
+        message = str(exc).lower()
+        hints = [hint for reason, hint in self.connect_hints.items() if reason in message]
+        return f". No host of the URL would do: {'; '.join(hints)}" if hints else ""
+
     def typed(self, params: dict[str, Any]) -> dict[str, Any]:
         """Query-string values converted to what the driver's connect takes."""
         return {
@@ -153,25 +178,48 @@ def _connect_postgresql(params: dict) -> Any:
     return psycopg.connect(autocommit=True, **params)
 
 
+# Where a connect to each list of hosts starts: the host that answered last,
+# or the one after a host whose connection failed. Per process (a forked child
+# inherits a hint, never a connection); a plain dict, whose item assignments
+# are atomic: two threads racing only pick a start each.
+_FIRST_HOST: dict[tuple, int] = {}
+
+
 def _connect_mysql(params: dict) -> Any:
-    """One connection: to the URL's host, or to the first of its hosts that answers."""
+    """One connection: to the URL's host, or to the first of its hosts that
+    answers, starting at the one that answered last (see _mysql_server_failed)."""
     import pymysql
 
     hosts = params.get("hosts")
     if hosts is None:
         return _connect_mysql_host(params)
-    # PyMySQL connects to one host: try each in the URL's order.
+    # PyMySQL connects to one host: try each, in the URL's order from the start.
     params = {k: v for k, v in params.items() if k != "hosts"}
+    key = tuple(hosts)
+    start = _FIRST_HOST.get(key, 0)
     failures = []
-    for host, port in hosts:
+    for index in [*range(start, len(hosts)), *range(start)]:
+        host, port = hosts[index]
         try:
-            return _connect_mysql_host({**params, "host": host, "port": port})
+            conn = _connect_mysql_host({**params, "host": host, "port": port})
         except pymysql.err.OperationalError as exc:
             failures.append((host, port, exc))
+            continue
+        _FIRST_HOST[key] = index
+        conn._rawbackend_host = (key, index)
+        return conn
     code = failures[-1][2].args[0] if failures[-1][2].args else 2003
     raise pymysql.err.OperationalError(
         code, "; ".join(f"{host}:{port}: {exc}" for host, port, exc in failures)
     )
+
+
+def _mysql_server_failed(conn) -> None:
+    """The next connect to this connection's hosts starts after its host,
+    unless another connection moved it on already."""
+    key, index = getattr(conn, "_rawbackend_host", (None, None))
+    if key is not None and _FIRST_HOST.get(key, 0) == index:
+        _FIRST_HOST[key] = (index + 1) % len(key)
 
 
 def _connect_mysql_host(params: dict) -> Any:
@@ -204,6 +252,21 @@ def _postgresql_socket(conn) -> int | None:
         return None
 
 
+def _postgresql_address(conn) -> str | None:
+    try:
+        return f"{conn.info.host}:{conn.info.port}"
+    except Exception:  # closed
+        return None
+
+
+def _postgresql_read_only(conn) -> bool:
+    # Reported by the server with the connection (PostgreSQL 14+, as libpq's
+    # target_session_attrs reads them): no round trip. Older servers: None.
+    info = conn.info
+    return "on" in (info.parameter_status("in_hot_standby"),
+                    info.parameter_status("default_transaction_read_only"))
+
+
 def _mysql_socket(conn) -> int | None:
     sock = getattr(conn, "_sock", None)
     return sock.fileno() if sock is not None else None
@@ -216,9 +279,20 @@ def _mysql_variant(conn) -> str | None:
     # From 10.3 MariaDB has sequences, and SQLAlchemy's MariaDB dialect makes
     # Celery's tables draw their ids from them instead of AUTO_INCREMENT.
     match = _MARIADB_VERSION.search(conn.get_server_info() or "")
-    if match and (int(match[1]), int(match[2])) >= (10, 3):
-        return "mariadb"
-    return None
+    if not match or (int(match[1]), int(match[2])) < (10, 3):
+        return None
+    # A Galera node says so itself, whatever the URL or the configuration.
+    from .loader import load_dialect
+    from .models import KNOWN_SLOTS  # models imports this module: imported here
+
+    sql = load_dialect("mariadb", "pyformat", KNOWN_SLOTS, frozenset())["wsrep_on"].render({})
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return "galera" if row and str(row[1]).upper() == "ON" else "mariadb"
 
 
 # What PyMySQL's string literals escape with a backslash: one byte becomes two.
@@ -296,6 +370,12 @@ POSTGRESQL = Dialect(
     },
     unprepare_codes=errcodes.POSTGRESQL_UNPREPARE,
     socket_of=_postgresql_socket,
+    address_of=_postgresql_address,
+    read_only=_postgresql_read_only,
+    read_only_hint="name every node of the cluster in the URL with ?target_session_attrs=read-write "
+    "(postgresql://host1:5432,host2:5432/db?target_session_attrs=read-write), so that "
+    "only the primary is used",
+    connect_hints=errcodes.POSTGRESQL_CONNECT_HINTS,
     # Each batch pays a commit (a WAL flush) and an index scan that steps over
     # the rows of the batch before, dead but not yet vacuumed: 100,000 rows took
     # 2.5x one plain DELETE in batches of 10,000, 1.4x in batches of 50,000
@@ -332,7 +412,9 @@ MYSQL = Dialect(
     several_hosts=lambda hosts: {"hosts": hosts},
     socket_of=_mysql_socket,
     variant_of=_mysql_variant,
-    variants=("mariadb",),
+    variants=("mariadb", "galera"),
+    variant_bases={"galera": "mariadb"},
+    server_failed=_mysql_server_failed,
     statement_size=_mysql_statement_size,
     # Each batch pays a commit (a redo log flush) and an index range scan over
     # the delete-marked rows of the batches before it, not yet purged: 100,000

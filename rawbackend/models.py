@@ -271,16 +271,25 @@ class Tables:
     def group_table(self) -> str:
         return self._filled["group_table"]
 
+    def slot(self, name: str) -> str:
+        """What ``{name}`` is filled with in the SQL (``chord_table``: the quoted table)."""
+        return self._filled[name]
+
     def _render(self, variant: str | None) -> dict[str, str]:
         dialect = self.dialect
         statements = dict(load_dialect(dialect.name, dialect.paramstyle, KNOWN_SLOTS, REQUIRED))
-        if variant is not None:
-            # The variant's statements first, in its files' order, then the
-            # dialect's own it does not replace: where order matters (CREATE
-            # SEQUENCE before the table that draws from it, so that a process
-            # that sees the tables can use them), the variant's order holds.
+        # The variant's statements first, in its files' order, then those of
+        # the variant it refines (galera -> mariadb), then the dialect's own,
+        # each adding what the ones before did not replace: where order matters
+        # (CREATE SEQUENCE before the table that draws from it, so that a
+        # process that sees the tables can use them), the variant's order holds.
+        chain = []
+        while variant is not None:
+            chain.append(variant)
+            variant = dialect.variant_bases.get(variant)
+        for folder in reversed(chain):
             own = statements
-            statements = dict(load_dialect(variant, dialect.paramstyle, KNOWN_SLOTS, frozenset()))
+            statements = dict(load_dialect(folder, dialect.paramstyle, KNOWN_SLOTS, frozenset()))
             for name, statement in own.items():
                 statements.setdefault(name, statement)
         return {name: st.render(self._filled) for name, st in statements.items()}
@@ -335,10 +344,13 @@ class Tables:
         self.use_variant(self.dialect.variant_of(session.connection()))
         task_columns = self.columns(session, self.task_cls)
         group_columns = self.columns(session, self.taskset_cls)
+        # Each object on its own, in order (sequence, table, index): what a
+        # create that failed half-way left missing is made on the next try.
+        sequences = self._create_sequences(session, task_columns, group_columns)
         changed = False
         if not task_columns or not group_columns:
             for name, sql in self.sql.items():
-                if name.startswith("create_"):
+                if name.startswith("create_") and name not in sequences:
                     session.execute(sql)
             changed = True
             # An old task table next to a missing group table: the group
@@ -362,6 +374,26 @@ class Tables:
         self.max_statement = None if limit.get("max_bytes") is None else int(limit["max_bytes"])
         self.max_statement_setting = limit.get("setting")
 
+    def _create_sequences(self, session, task_columns, group_columns) -> set[str]:
+        """Create the missing sequences where the statements can check for them
+        (PostgreSQL, MariaDB): one left out by a create that failed half-way is
+        made then, and starts past the ids of a table that already has rows.
+        The names of the create statements handled here."""
+        if "sequence_exists" not in self.sql:
+            return set()  # no sequences on this dialect
+        handled = set()
+        for prefix, model, columns in (("task", self.task_cls, task_columns),
+                                       ("group", self.taskset_cls, group_columns)):
+            create = f"create_{prefix}_sequence"
+            handled.add(create)
+            params = {"schema": model.table_schema, "sequence": model.__sequence__}
+            if session.fetch_one(self.sql["sequence_exists"], params):
+                continue
+            session.execute(self.sql[create])
+            if columns:
+                start = session.fetch_one(self.sql[f"restart_{prefix}_sequence_at"]) or {}
+                session.execute(self.sql[f"restart_{prefix}_sequence"], {"start": start["start"]})
+        return handled
 
     def _create_chord_table(self, session) -> None:
         """Add the chord table next to existing tables. A user who may not
