@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 
 from .backend import LEFT_OUT_IF_TOO_LARGE
-from .models import Capacity, ChordPart, Tables, Task, TaskExtended, TaskSet, _Model
+from .models import Capacity, ChordPart, Tables, Task, TaskExtended, TaskSet, Watermark, _Model
 
 __all__ = ("Needed", "NEEDED", "Difference", "differences", "fix_params", "table_size")
 
@@ -38,6 +38,8 @@ NEEDED: tuple[Needed, ...] = (
     Needed("task", TaskExtended, "task_cls", "no task result can be stored or read"),
     Needed("group", TaskSet, "taskset_cls", "no group result can be saved or restored"),
     Needed("chord", ChordPart, "chord_cls", "chords fail: rawbackend counts their parts there"),
+    Needed("watermark", Watermark, "watermark_cls",
+           "cleanup() creates it when it may, else cannot tell how old unfinished rows are"),
 )
 
 # The VARCHAR(n) columns rawbackend (and Celery) create, n characters. Every
@@ -46,7 +48,7 @@ NEEDED: tuple[Needed, ...] = (
 # left out with a warning (models.Capacity), so 155 is not "too small".
 CHARACTERS = {
     "task_id": 155, "taskset_id": 155, "group_id": 155, "status": 50,
-    "name": 155, "worker": 155, "queue": 155, "fired_by": 36,
+    "name": 155, "worker": 155, "queue": 155, "fired_by": 36, "task_table": 255,
 }
 
 # What table_columns' ``kind`` says for each Python type a model holds.
