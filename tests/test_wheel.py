@@ -141,3 +141,13 @@ def test_installed_wheel_stores_and_reads(venv_python, tmp_path):
     assert report["result"] == {"answer": 42}
     assert str(ROOT) not in report["sys_path"]
     assert list(workdir.iterdir()) == []  # nothing written into the working directory
+
+
+def test_installed_wheel_has_the_rawbackend_command(venv_python, tmp_path):
+    """The console script comes with the wheel and runs from it."""
+    script = venv_python.with_name("rawbackend")
+    assert script.exists()
+    out = _run([str(script), "schema", "--url", f"sqlite:///{tmp_path / 'r.db'}"],
+               cwd=tmp_path, env=_clean_env())
+    assert "CREATE TABLE IF NOT EXISTS \"celery_taskmeta\"" in out.stdout
+    assert not (tmp_path / "r.db").exists()  # schema prints, creates nothing
