@@ -220,13 +220,24 @@ def run_fleet(url: str, conf: dict) -> list[dict]:
     return reports
 
 
+# A pool per process, shared by its threads, of at most 2 + 2 connections,
+# that never prepares (as docs/scaling.md advises behind PgBouncer): no
+# connection is replaced on 26000/42P05, so none overlaps its replacement.
+SHARED_POOL = {"result_backend_thread_safe": True,
+               "database_engine_options": {"pool_size": 2, "max_overflow": 2, "prepare_threshold": None}}
+SETTINGS = {"poll": {}, "database_notify": {"database_notify": True}, "shared_pool": SHARED_POOL}
+
+
 @pytest.mark.parametrize("max_prepared_statements", PREPARED_SETTINGS)
-@pytest.mark.parametrize("notify", [False, True], ids=["poll", "database_notify"])
-def test_64_clients_on_10_server_connections(pg_db, tmp_path, figures, notify, max_prepared_statements):
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_64_clients_on_10_server_connections(pg_db, tmp_path, figures, setting, max_prepared_statements):
     """0 errors, every result read back SUCCESS, at most 10 server connections
     (the server's count), and PgBouncer's 26000/42P05 ridden out by the pools
     turning preparation off; with database_notify, every listener gave up on
-    notifications, waiters polled, and no LISTEN was left on the table's channel."""
+    notifications, waiters polled, and no LISTEN was left on the table's channel;
+    with the backend shared by a process's threads, its pool bounds its clients."""
+    conf = SETTINGS[setting]
+    notify = conf.get("database_notify", False)
     with server_role(pg_db) as role, running_pgbouncer(
         tmp_path, server_user=role, default_pool_size=SERVER_CONNECTIONS,
         max_db_connections=SERVER_CONNECTIONS, max_client_conn=300, admin_users="postgres",
@@ -238,7 +249,7 @@ def test_64_clients_on_10_server_connections(pg_db, tmp_path, figures, notify, m
         sampler = Sampler(role, bouncer.url.rsplit("/", 1)[0] + "/pgbouncer", dbname)
         sampler.start()
         try:
-            reports = run_fleet(bouncer.url, pg_db.conf(database_notify=notify))
+            reports = run_fleet(bouncer.url, pg_db.conf(**conf))
         finally:
             sampler.stop.set()
             sampler.join(10)
@@ -259,11 +270,17 @@ def test_64_clients_on_10_server_connections(pg_db, tmp_path, figures, notify, m
 
     assert 1 <= sampler.max_servers <= SERVER_CONNECTIONS
     assert sampler.max_clients > SERVER_CONNECTIONS  # clients did queue for them
+    if conf.get("result_backend_thread_safe"):
+        # One backend and pool per process: its size bounds the process's
+        # clients (threads wait for a connection); + the test's own one.
+        per_process = SHARED_POOL["database_engine_options"]["pool_size"] + \
+            SHARED_POOL["database_engine_options"]["max_overflow"]
+        assert sampler.max_clients <= PROCESSES * per_process + 1
     if max_prepared_statements:
         # PgBouncer keeps the prepared statements: nothing to learn.
         assert {t for r in reports for t in r["prepare_thresholds"]} == {"default"}
     else:
-        # Every thread's pool met 26000/42P05 and turned preparation off.
+        # Every pool met 26000/42P05 and turned preparation off (or never prepared).
         assert [t for r in reports for t in r["prepare_thresholds"]] == [None] * PROCESSES * THREADS
     if notify:
         assert all("did not arrive" in (r["listener_unusable"] or "") for r in reports), reports
