@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.postgresql, pytest.mark.slow]
 
 PROCESSES, THREADS = 16, 4
 SERVER_CONNECTIONS = 10
-ROUNDS = 10  # per thread: 3 stores, a read, a group saved and restored, a join, a get()
+ROUNDS = 6  # per thread: 3 stores, a read, a group saved and restored, a join, a get()
 SPAWN = multiprocessing.get_context("spawn")
 # PgBouncer's max_prepared_statements: 0, psycopg's statements break (26000/42P05);
 # > 0 (PgBouncer 1.21+), PgBouncer keeps protocol-level prepared statements itself.
