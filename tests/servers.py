@@ -112,6 +112,22 @@ class PostgreSQL(Server):
 class MariaDB(Server):
     def __init__(self):
         super().__init__("mysql")
+        # The main server is told apart by its pid file: other mariadbd
+        # processes (the Galera nodes of tests/cluster) run the same binary.
+        self.pid_file = self._pid_file()
+
+    def _pid_file(self) -> str:
+        try:
+            conn = raw_connect("mysql")
+        except Exception:  # down: Debian's default
+            return "/run/mysqld/mysqld.pid"
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SELECT @@pid_file, @@datadir")
+            pid_file, datadir = cursor.fetchone()
+        finally:
+            conn.close()
+        return os.path.join(datadir, pid_file)  # a relative pid file is in the datadir
 
     def controllable(self) -> str | None:
         if self.host not in ("127.0.0.1", "localhost") or not os.access(MARIADBD, os.X_OK):
@@ -122,16 +138,21 @@ class MariaDB(Server):
         return ["mysqladmin", f"-u{self.params.get('user', 'root')}", f"-h{self.host}",
                 f"-P{self.port}", *args]
 
+    def daemon(self, action: str, *args: str) -> list[str]:
+        return ["start-stop-daemon", action, "--pidfile", self.pid_file, "--exec", MARIADBD, *args]
+
     def running(self) -> bool:
-        status = subprocess.run(["start-stop-daemon", "--status", "--exec", MARIADBD], timeout=30)
-        return status.returncode == 0
+        return subprocess.run(self.daemon("--status"), timeout=30).returncode == 0
 
     def started(self):
-        out = subprocess.run(["pgrep", "-x", "mariadbd"], capture_output=True, text=True, timeout=30)
-        return out.stdout.split()
+        try:
+            with open(self.pid_file) as f:
+                return f.read().split()
+        except FileNotFoundError:
+            return []
 
     def start(self) -> None:
-        run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", MARIADBD])
+        run(self.daemon("--start", "--oknodo", "--background"))
 
     def stop(self) -> None:
         run(self.mysqladmin("shutdown"))
