@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 URL    ?=
 
-.PHONY: test bench venv clean
+.PHONY: test lint bench venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ venv: $(BIN)/.installed
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy rawbackend
 
 bench: venv
 	$(BIN)/python -m benchmarks $(if $(URL),--url $(URL))

@@ -113,7 +113,7 @@ def render_text(meta: dict[str, Any], databases: list[DatabaseResult]) -> str:
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         for row in [head, *rows]:
             out.append("  ".join(v.ljust(w) if i < 2 else v.rjust(w)
-                                 for i, (v, w) in enumerate(zip(row, widths))))
+                                 for i, (v, w) in enumerate(zip(row, widths, strict=True))))
         for op in db.operations:
             for line in details(op):
                 out.append(f"   {op.key}: {line}")
@@ -213,7 +213,7 @@ def write_chart(path: Path, databases: list[DatabaseResult]) -> None:
                              squeeze=False)
     same_ops = len({tuple(op.key for op in db.operations) for db in shown}) == 1
     labelled: set[str] = set()
-    for col, (ax, db) in enumerate(zip(axes[0], shown)):
+    for col, (ax, db) in enumerate(zip(axes[0], shown, strict=True)):
         names = [n for n in CONTENDERS if any(n in op.contenders for op in db.operations)]
         height = 0.8 / max(len(names), 1)
         for i, op in enumerate(db.operations):
@@ -243,7 +243,7 @@ def write_chart(path: Path, databases: list[DatabaseResult]) -> None:
         ax.grid(axis="x", which="major", alpha=0.3)
     handles, legend_labels = [], []
     for ax in axes[0]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in legend_labels:
                 handles.append(h)
                 legend_labels.append(lab)

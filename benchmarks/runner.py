@@ -101,7 +101,8 @@ def per_round_ratio(a: ContenderResult | None, b: ContenderResult | None) -> Rat
     """Median over rounds of a's round value divided by b's."""
     if a is None or b is None:
         return None
-    ratios = [x / y for x, y in zip(a.rounds, b.rounds) if x is not None and y]
+    # A contender with no values at all has no rounds: it gives no ratios.
+    ratios = [x / y for x, y in zip(a.rounds, b.rounds, strict=False) if x is not None and y]
     return Ratio(statistics.median(ratios) if ratios else None, ratios)
 
 

@@ -22,7 +22,7 @@ from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
 from .errors import ValueTooLarge, classify
 from .listen import Listener, Watch, listener_for
-from .models import ChordPart, Task, TaskExtended, TaskSet, Tables
+from .models import ChordPart, Tables, Task, TaskExtended, TaskSet
 from .session import Session, SessionManager
 from .url import parse_url, strip_prefix
 from .waiting import pauses
@@ -37,7 +37,7 @@ DEFAULT_RECONNECT_TIMEOUT = 30.0  # seconds to wait for a server to come back
 # Columns a store may leave out (NULL) when a value does not fit, with a
 # warning; a result or traceback that does not fit is an error instead.
 LEFT_OUT_IF_TOO_LARGE = frozenset({"children", "name", "args", "kwargs", "worker", "queue", "stamps"})
-WIDEN_LATER = "run `rawbackend migrate` (next release)"
+WIDEN_LATER = "widen the column by hand (`rawbackend check` shows its size)"
 # Ids per statement of a native join's poll: bounded statements and result
 # sets (each driver passes the ids as one parameter, so no parameter limit).
 GET_MANY_CHUNK = 1000
@@ -111,6 +111,10 @@ def _seconds_or_none(setting: str, value) -> float | None:
 
 class DatabaseBackend(BaseBackend):
     """The database result backend, on psycopg 3, PyMySQL or sqlite3."""
+
+    # Set by BaseBackend.__init__ from the conf (Celery ships no types to say so).
+    always_retry: bool | None
+    max_retries: int | None
 
     # ResultSet.iterate sleeps this much between polls.
     subpolling_interval = 0.5
@@ -350,7 +354,7 @@ class DatabaseBackend(BaseBackend):
                     retries=getattr(request, "retries", None),
                     queue=delivery_info.get("routing_key") if delivery_info else None,
                 )
-            stamps = getattr(request, "stamps", None)
+            stamps = getattr(request, "stamps", None) or {}
             stamped_headers = getattr(request, "stamped_headers", None) if stamps else None
             # None: the upsert keeps stamps stored earlier.
             row["stamps"] = ensure_bytes(self.encode({
@@ -734,8 +738,11 @@ class DatabaseBackend(BaseBackend):
         now = self.dialect.encode_datetime(datetime.now(timezone.utc))
         sql = self.tables.sql
         with self.ResultSession() as session:
-            session.execute(sql["add_chord_part"], {"group_id": group_id, "task_id": task_id, "date_done": now})
-            return session.fetch_one(sql["chord_progress"], {"group_id": group_id})
+            part = {"group_id": group_id, "task_id": task_id, "date_done": now}
+            session.execute(sql["add_chord_part"], part)
+            progress = session.fetch_one(sql["chord_progress"], {"group_id": group_id})
+            assert progress is not None  # an aggregate: always one row
+            return progress
 
     def _claim_chord(self, group_id, token) -> bool:
         """Whether this call won the firing of the chord's body. A claim that

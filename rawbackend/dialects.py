@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from . import errcodes
 from .errors import ErrorRules
@@ -83,6 +84,13 @@ class Dialect:
     # server behind a connection, or None (MariaDB answers mysql:// URLs).
     variant_of: Callable[[Any], str | None] = lambda conn: None
     variants: tuple[str, ...] = ()  # what variant_of may answer
+    # A variant that refines another: its statements first, then the base
+    # variant's it does not replace, then the dialect's own (galera -> mariadb).
+    variant_bases: dict[str, str] = field(default_factory=dict)
+    # Told that a connection failed with a disconnect verdict, so that the next
+    # connect starts at another of the URL's hosts (a Galera node cut off from
+    # the cluster still accepts connections, and refuses every statement).
+    server_failed: Callable[[Any], None] = lambda conn: None
     # The bytes a statement with its parameters takes on the wire, to compare
     # with the server's max_statement (read only where there is one): exact
     # when it comes near ``limit``, a cheap upper bound below that.
@@ -113,7 +121,8 @@ class Dialect:
             return [f"{host}:{port}" for host, port in params["hosts"]]
         hosts = str(params.get("host") or "localhost").split(",")
         ports = str(params.get("port") or self.default_port).split(",")
-        return [f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts))]
+        # One port for every host, or one port each.
+        return [f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts), strict=False)]
 
     def typed(self, params: dict[str, Any]) -> dict[str, Any]:
         """Query-string values converted to what the driver's connect takes."""
@@ -129,25 +138,48 @@ def _connect_postgresql(params: dict) -> Any:
     return psycopg.connect(autocommit=True, **params)
 
 
+# Where a connect to each list of hosts starts: the host that answered last,
+# or the one after a host whose connection failed. Per process (a forked child
+# inherits a hint, never a connection); a plain dict, whose item assignments
+# are atomic: two threads racing only pick a start each.
+_FIRST_HOST: dict[tuple, int] = {}
+
+
 def _connect_mysql(params: dict) -> Any:
-    """One connection: to the URL's host, or to the first of its hosts that answers."""
+    """One connection: to the URL's host, or to the first of its hosts that
+    answers, starting at the one that answered last (see _mysql_server_failed)."""
     import pymysql
 
     hosts = params.get("hosts")
     if hosts is None:
         return _connect_mysql_host(params)
-    # PyMySQL connects to one host: try each in the URL's order.
+    # PyMySQL connects to one host: try each, in the URL's order from the start.
     params = {k: v for k, v in params.items() if k != "hosts"}
+    key = tuple(hosts)
+    start = _FIRST_HOST.get(key, 0)
     failures = []
-    for host, port in hosts:
+    for index in [*range(start, len(hosts)), *range(start)]:
+        host, port = hosts[index]
         try:
-            return _connect_mysql_host({**params, "host": host, "port": port})
+            conn = _connect_mysql_host({**params, "host": host, "port": port})
         except pymysql.err.OperationalError as exc:
             failures.append((host, port, exc))
+            continue
+        _FIRST_HOST[key] = index
+        conn._rawbackend_host = (key, index)
+        return conn
     code = failures[-1][2].args[0] if failures[-1][2].args else 2003
     raise pymysql.err.OperationalError(
         code, "; ".join(f"{host}:{port}: {exc}" for host, port, exc in failures)
     )
+
+
+def _mysql_server_failed(conn) -> None:
+    """The next connect to this connection's hosts starts after its host,
+    unless another connection moved it on already."""
+    key, index = getattr(conn, "_rawbackend_host", (None, None))
+    if key is not None and _FIRST_HOST.get(key, 0) == index:
+        _FIRST_HOST[key] = (index + 1) % len(key)
 
 
 def _connect_mysql_host(params: dict) -> Any:
@@ -161,7 +193,7 @@ def _connect_mysql_host(params: dict) -> Any:
     read_timeout = params.get("read_timeout")
     handshake = {**params, "read_timeout": read_timeout or params.get("connect_timeout", 10)}
     conn = pymysql.connect(autocommit=True, **handshake)
-    conn._read_timeout = read_timeout
+    conn._read_timeout = read_timeout  # type: ignore[attr-defined]  # private: not in PyMySQL's stubs
     return conn
 
 
@@ -192,9 +224,20 @@ def _mysql_variant(conn) -> str | None:
     # From 10.3 MariaDB has sequences, and SQLAlchemy's MariaDB dialect makes
     # Celery's tables draw their ids from them instead of AUTO_INCREMENT.
     match = _MARIADB_VERSION.search(conn.get_server_info() or "")
-    if match and (int(match[1]), int(match[2])) >= (10, 3):
-        return "mariadb"
-    return None
+    if not match or (int(match[1]), int(match[2])) < (10, 3):
+        return None
+    # A Galera node says so itself, whatever the URL or the configuration.
+    from .loader import load_dialect
+    from .models import KNOWN_SLOTS  # models imports this module: imported here
+
+    sql = load_dialect("mariadb", "pyformat", KNOWN_SLOTS, frozenset())["wsrep_on"].render({})
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return "galera" if row and str(row[1]).upper() == "ON" else "mariadb"
 
 
 # What PyMySQL's string literals escape with a backslash: one byte becomes two.
@@ -303,7 +346,9 @@ MYSQL = Dialect(
     several_hosts=lambda hosts: {"hosts": hosts},
     socket_of=_mysql_socket,
     variant_of=_mysql_variant,
-    variants=("mariadb",),
+    variants=("mariadb", "galera"),
+    variant_bases={"galera": "mariadb"},
+    server_failed=_mysql_server_failed,
     statement_size=_mysql_statement_size,
 )
 

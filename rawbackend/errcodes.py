@@ -57,6 +57,19 @@ MYSQL_CODES: dict[int, Verdict] = {
     2013: DISCONNECT,  # CR_SERVER_LOST
     2014: DISCONNECT,  # CR_COMMANDS_OUT_OF_SYNC: the protocol state is lost
     2055: DISCONNECT,  # CR_SERVER_LOST_EXTENDED
+    # A server that answers but must not be written to: another host of the
+    # URL may take the statement (connect moves past the host that failed).
+    1290: DISCONNECT,  # ER_OPTION_PREVENTS_STATEMENT: --read-only
+    1792: DISCONNECT,  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+    # Galera: a node cut off from the Primary Component, or rejoining, keeps
+    # its TCP connections and refuses every statement; reconnecting to it does
+    # not help, another node does. 1213 above is also a certification conflict.
+    1047: DISCONNECT,  # ER_UNKNOWN_COM_ERROR: "WSREP has not yet prepared node for application use"
+    1180: DISCONNECT,  # ER_ERROR_DURING_COMMIT: "Not connected to Primary Component"
+    # MariaDB's stores refuse an id drawn from a sequence that is another row's
+    # (sql/mariadb/results.sql): run again, the store draws a new one. None of
+    # rawbackend's statements writes a number out of its column's range otherwise.
+    1264: TRANSIENT,  # ER_WARN_DATA_OUT_OF_RANGE (an error in strict mode)
 }
 
 # SQLite primary result codes (``exc.sqlite_errorcode & 0xFF``): extended codes

@@ -3,8 +3,9 @@ And the error for a value the database can't hold."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from celery.exceptions import BackendError
 from kombu.exceptions import EncodeError

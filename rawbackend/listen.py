@@ -33,7 +33,8 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .dialects import replace_socket_with_devnull
 
@@ -57,7 +58,7 @@ class Watch:
 
     __slots__ = ("listener", "ids", "event", "epoch", "deadline")
 
-    def __init__(self, listener: "Listener", ids: Iterable[str], deadline: float | None):
+    def __init__(self, listener: Listener, ids: Iterable[str], deadline: float | None):
         self.listener = listener
         self.ids = frozenset(ids)
         self.event = threading.Event()
@@ -94,7 +95,7 @@ class Watch:
             # Cleared before the caller's read: a notification from here on sets it again.
             self.event.clear()
 
-    def __enter__(self) -> "Watch":
+    def __enter__(self) -> Watch:
         return self
 
     def __exit__(self, *exc_info) -> None:

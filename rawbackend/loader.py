@@ -155,7 +155,7 @@ def _split(body, path, line, name, prefix, known_slots):
     return tuple(parts), frozenset(params)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_dialect(
     dialect: str, paramstyle: str, known_slots: frozenset[str], required: frozenset[str]
 ) -> dict[str, Statement]:
@@ -181,5 +181,8 @@ def load_folder(
             registry[st.name] = st
     missing = sorted(required - registry.keys())
     if missing:
-        raise SQLFileError(folder, 0, missing[0], f"required statement missing from {folder.name}/ (all missing: {', '.join(missing)})")
+        raise SQLFileError(
+            folder, 0, missing[0],
+            f"required statement missing from {folder.name}/ (all missing: {', '.join(missing)})",
+        )
     return registry

@@ -7,7 +7,7 @@ import re
 import string
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, TypeVar, cast
 
 from celery import states
 from celery.exceptions import ImproperlyConfigured
@@ -31,8 +31,13 @@ def _check_identifier(kind: str, value: str | None) -> str | None:
     return value
 
 
+ModelT = TypeVar("ModelT", bound="_Model")
+
+
+# A dataclass with no fields of its own: columns() reads its subclasses' fields.
+@dataclass(repr=False, eq=False)
 class _Model:
-    """What the three models share: their table, and ``configure``."""
+    """What the models share: their table, and ``configure``."""
 
     __tablename__: ClassVar[str]
     __sequence__: ClassVar[str | None] = None
@@ -46,10 +51,10 @@ class _Model:
         cls.table_name = _check_identifier("name", name) or cls.__tablename__
 
     @classmethod
-    def bound(cls) -> type:
+    def bound(cls: type[ModelT]) -> type[ModelT]:
         """A subclass of its own, so that one backend's ``configure`` never
         changes another's tables (two apps in one process)."""
-        return type(cls.__name__, (cls,), {"__module__": cls.__module__})
+        return cast("type[ModelT]", type(cls.__name__, (cls,), {"__module__": cls.__module__}))
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -240,16 +245,25 @@ class Tables:
     def group_table(self) -> str:
         return self._filled["group_table"]
 
+    def slot(self, name: str) -> str:
+        """What ``{name}`` is filled with in the SQL (``chord_table``: the quoted table)."""
+        return self._filled[name]
+
     def _render(self, variant: str | None) -> dict[str, str]:
         dialect = self.dialect
         statements = dict(load_dialect(dialect.name, dialect.paramstyle, KNOWN_SLOTS, REQUIRED))
-        if variant is not None:
-            # The variant's statements first, in its files' order, then the
-            # dialect's own it does not replace: where order matters (CREATE
-            # SEQUENCE before the table that draws from it, so that a process
-            # that sees the tables can use them), the variant's order holds.
+        # The variant's statements first, in its files' order, then those of
+        # the variant it refines (galera -> mariadb), then the dialect's own,
+        # each adding what the ones before did not replace: where order matters
+        # (CREATE SEQUENCE before the table that draws from it, so that a
+        # process that sees the tables can use them), the variant's order holds.
+        chain = []
+        while variant is not None:
+            chain.append(variant)
+            variant = dialect.variant_bases.get(variant)
+        for folder in reversed(chain):
             own = statements
-            statements = dict(load_dialect(variant, dialect.paramstyle, KNOWN_SLOTS, frozenset()))
+            statements = dict(load_dialect(folder, dialect.paramstyle, KNOWN_SLOTS, frozenset()))
             for name, statement in own.items():
                 statements.setdefault(name, statement)
         return {name: st.render(self._filled) for name, st in statements.items()}
@@ -304,10 +318,13 @@ class Tables:
         self.use_variant(self.dialect.variant_of(session.connection()))
         task_columns = self.columns(session, self.task_cls)
         group_columns = self.columns(session, self.taskset_cls)
+        # Each object on its own, in order (sequence, table, index): what a
+        # create that failed half-way left missing is made on the next try.
+        sequences = self._create_sequences(session, task_columns, group_columns)
         changed = False
         if not task_columns or not group_columns:
             for name, sql in self.sql.items():
-                if name.startswith("create_"):
+                if name.startswith("create_") and name not in sequences:
                     session.execute(sql)
             changed = True
             # An old task table next to a missing group table: the group
@@ -331,6 +348,26 @@ class Tables:
         self.max_statement = None if limit.get("max_bytes") is None else int(limit["max_bytes"])
         self.max_statement_setting = limit.get("setting")
 
+    def _create_sequences(self, session, task_columns, group_columns) -> set[str]:
+        """Create the missing sequences where the statements check for them
+        (MariaDB); each made next to an existing table starts past its ids.
+        The names of the create statements handled here."""
+        if "sequence_exists" not in self.sql:
+            return set()  # the other create_ statements make them, if any
+        handled = set()
+        for prefix, model, columns in (("task", self.task_cls, task_columns),
+                                       ("group", self.taskset_cls, group_columns)):
+            create = f"create_{prefix}_sequence"
+            handled.add(create)
+            params = {"schema": model.table_schema, "name": model.__sequence__}
+            if session.fetch_one(self.sql["sequence_exists"], params):
+                continue
+            session.execute(self.sql[create])
+            if columns:
+                highest = (session.fetch_one(self.sql[f"highest_{prefix}_id"]) or {}).get("id")
+                if highest is not None:
+                    session.execute(self.sql[f"start_{prefix}_sequence_after"], {"id": highest})
+        return handled
 
     def _create_chord_table(self, session) -> None:
         """Add the chord table next to existing tables. A user who may not

@@ -1,15 +1,16 @@
 """A small thread-safe, fork-safe connection pool: the "engine" of one URL."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import threading
 import time
-import itertools
 import weakref
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .dialects import Dialect, replace_socket_with_devnull
 from .errors import ConnectFailed, classify
@@ -43,7 +44,7 @@ class PooledConnection:
 
 
 # Every pool of this process, to be reset in a forked child.
-_POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 # Generations are unique in the process and its children, so that a connection
 # checked out before a dispose() or a fork is never taken back.
 _GENERATIONS = itertools.count()
@@ -172,7 +173,10 @@ class Pool:
         try:
             for hook in self.on_connect:
                 hook(conn)
-        except BaseException:
+        except BaseException as exc:
+            verdict = classify(self.dialect.errors, exc) if isinstance(exc, Exception) else None
+            if verdict is not None and verdict.disconnect:
+                self.dialect.server_failed(conn)  # the next connect tries another host
             conn.close()
             raise
         return conn

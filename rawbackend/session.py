@@ -13,7 +13,8 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from celery.utils.time import get_exponential_backoff_interval
 
@@ -88,7 +89,7 @@ class Session:
         if pooled is not None:
             self.engine.putconn(pooled)
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -107,6 +108,11 @@ class Session:
             if verdict is None:
                 raise
             pooled, self._pooled = self._pooled, None
+            if verdict.disconnect:
+                # The next connection goes to another host of the URL, if it
+                # names several: this one may keep refusing (a Galera node cut
+                # off from its cluster, a read-only server).
+                engine.dialect.server_failed(pooled.conn)
             if engine.dialect.errors.code_of(exc) in engine.dialect.unprepare_codes:
                 # Behind PgBouncer in transaction mode, the statement psycopg
                 # prepared went with another server connection. Stop preparing
@@ -180,12 +186,12 @@ def _one(cursor, sql: str) -> dict | None:
     row = cursor.fetchone()
     if row is None:
         return None
-    return dict(zip(_names(cursor, sql), row))
+    return dict(zip(_names(cursor, sql), row, strict=True))
 
 
 def _all(cursor, sql: str) -> list[dict]:
     names = _names(cursor, sql)
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 class SessionManager:
@@ -352,7 +358,7 @@ def _is_driver_error(engine: Pool, exc: Exception) -> bool:
     return isinstance(exc, getattr(driver, "Error", ()))
 
 
-_MANAGERS: "weakref.WeakSet[SessionManager]" = weakref.WeakSet()
+_MANAGERS: weakref.WeakSet[SessionManager] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:

@@ -68,6 +68,7 @@ def parse_url(url: str) -> tuple[Dialect, dict]:
             raise _bad(url, "a database name may not contain '/'")
         hosts = _hosts(url, parts, [value for key, value in pairs if key == "host"], dialect)
         if len(hosts) > 1:
+            assert dialect.several_hosts is not None  # _hosts refuses several hosts otherwise
             query.pop("host", None)
             location = dialect.several_hosts(hosts)
         elif hosts:
@@ -119,6 +120,7 @@ def _host_port(url: str, entry: str, dialect: Dialect) -> tuple[str, int]:
     else:
         host, _, port = entry.partition(":")
     if not port:
+        assert dialect.default_port is not None  # every dialect with hosts has one
         return unquote(host), dialect.default_port
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise _bad(url, f"malformed URL (port {port!r} of host {host!r} is not a port number)")

@@ -22,6 +22,10 @@ MYSQL_URL = os.environ.get("RAWBACKEND_TEST_MYSQL_URL", "mysql://root@127.0.0.1:
 REQUIRE_SERVERS = os.environ.get("RAWBACKEND_REQUIRE_SERVERS") == "1"
 DIALECTS = ("sqlite", "postgresql", "mysql")
 
+# Fixtures that more than one test file uses, from the modules that define them:
+# restartable (servers), worker (test_e2e_worker), pgbouncer (test_pgbouncer).
+pytest_plugins = ["servers", "test_e2e_worker", "test_pgbouncer"]
+
 _reachable: dict[str, str | None] = {}
 
 
@@ -183,7 +187,8 @@ def make_database(dialect: str, tmp_path) -> Database:
     require_server(dialect)
     suffix = uuid.uuid4().hex[:10]
     if dialect == "sqlite":
-        return Database(dialect, f"sqlite:///{tmp_path / 'results.db'}", "celery_taskmeta", "celery_tasksetmeta")
+        url = f"sqlite:///{tmp_path / 'results.db'}"
+        return Database(dialect, url, "celery_taskmeta", "celery_tasksetmeta")
     db = Database(dialect, server_url(dialect), f"t_{suffix}", f"g_{suffix}", chord_table=f"c_{suffix}")
     if dialect == "postgresql":
         db.schema = f"s_{suffix}"

@@ -110,49 +110,50 @@ class PostgreSQL(Server):
 
 
 class MariaDB(Server):
+    """The machine's main server, known by the pid in its own pid file: other
+    mariadbd processes (a test's Galera nodes) are never taken for it."""
+
     def __init__(self):
         super().__init__("mysql")
-        # The main server is told apart by its pid file: other mariadbd
-        # processes (the Galera nodes of tests/cluster) run the same binary.
-        self.pid_file = self._pid_file()
-
-    def _pid_file(self) -> str:
+        conn = raw_connect("mysql")
         try:
-            conn = raw_connect("mysql")
-        except Exception:  # down: Debian's default
-            return "/run/mysqld/mysqld.pid"
-        try:
-            cursor = conn.cursor()
-            cursor.execute("SELECT @@pid_file, @@datadir")
-            pid_file, datadir = cursor.fetchone()
+            cur = conn.cursor()
+            cur.execute("SELECT @@pid_file")
+            self.pid_file = cur.fetchone()[0]
         finally:
             conn.close()
-        return os.path.join(datadir, pid_file)  # a relative pid file is in the datadir
 
     def controllable(self) -> str | None:
         if self.host not in ("127.0.0.1", "localhost") or not os.access(MARIADBD, os.X_OK):
             return f"the MySQL server is not a local {MARIADBD} this test can restart"
+        if not os.path.isabs(self.pid_file or ""):
+            return f"the server's pid file {self.pid_file!r} is not an absolute path"
         return None
 
     def mysqladmin(self, *args: str) -> list[str]:
         return ["mysqladmin", f"-u{self.params.get('user', 'root')}", f"-h{self.host}",
                 f"-P{self.port}", *args]
 
-    def daemon(self, action: str, *args: str) -> list[str]:
-        return ["start-stop-daemon", action, "--pidfile", self.pid_file, "--exec", MARIADBD, *args]
-
-    def running(self) -> bool:
-        return subprocess.run(self.daemon("--status"), timeout=30).returncode == 0
-
-    def started(self):
+    def pid(self) -> int | None:
+        """The main server's pid while it runs, else None."""
         try:
             with open(self.pid_file) as f:
-                return f.read().split()
-        except FileNotFoundError:
-            return []
+                pid = int(f.read().split()[0])
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if os.path.basename(exe).startswith("mariadbd") else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def started(self):
+        return self.pid()
 
     def start(self) -> None:
-        run(self.daemon("--start", "--oknodo", "--background"))
+        # --pidfile: "already running" means this server, not any mariadbd.
+        run(["start-stop-daemon", "--start", "--oknodo", "--background",
+             "--pidfile", self.pid_file, "--exec", MARIADBD])
 
     def stop(self) -> None:
         run(self.mysqladmin("shutdown"))

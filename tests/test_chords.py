@@ -4,7 +4,8 @@ failed part, the chord table's rows removed, and no ``celery.chord_unlock``.
 Unit-level tests drive the backend directly, as a worker would: each part is
 ``mark_as_done``/``mark_as_failure`` with a request that names its group and
 the chord's body. The app is eager, so the body "fires" by running in-process
-and records what it received; its errback records the errors it is called with. The worker tests are in test_e2e_worker.py.
+and records what it received; its errback records the errors it is called with.
+The worker tests are in test_e2e_worker.py.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from celery.exceptions import ChordError
 from conftest import Database, wait_until
 from rawbackend.backend import DatabaseBackend
 from test_concurrency import _errdir, fork_children, wait_children
-from test_e2e_worker import TIMEOUT, running_worker, worker  # noqa: F401  (fixtures)
+from test_e2e_worker import TIMEOUT
 
 FORK = multiprocessing.get_context("fork")
 
@@ -362,7 +363,7 @@ def test_chord_of_20_through_a_worker(worker, capsys):
         assert result.get(timeout=TIMEOUT, interval=0.01) == 380
         latencies.append(time.perf_counter() - started)
         group_id = result.parent.id
-        wait_until(lambda: _settled(worker, group_id), "the chord's rows removed")
+        wait_until(lambda group_id=group_id: _settled(worker, group_id), "the chord's rows removed")
     assert result.parent.get(timeout=TIMEOUT) == [2 * i for i in range(20)]
     log = worker.log()
     assert log.count("tasksmod.tsum[") >= LATENCY_ROUNDS  # received and succeeded

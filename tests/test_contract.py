@@ -24,7 +24,6 @@ import rawbackend.backend
 from rawbackend import DatabaseBackend
 from rawbackend.errors import ConnectFailed
 
-
 # -- helpers ------------------------------------------------------------------
 
 
@@ -481,10 +480,11 @@ def test_created_tables_have_celerys_columns(db):
         ):
             columns = {c["name"] for c in inspector.get_columns(table, schema=db.schema)}
             assert columns == {c.name for c in model.__table__.columns}
+            indexes = inspector.get_indexes(table, schema=db.schema)
             unique = [u["column_names"] for u in inspector.get_unique_constraints(table, schema=db.schema)]
-            unique += [i["column_names"] for i in inspector.get_indexes(table, schema=db.schema) if i["unique"]]
+            unique += [i["column_names"] for i in indexes if i["unique"]]
             assert [key] in unique
-            indexed = [i["column_names"] for i in inspector.get_indexes(table, schema=db.schema)]
+            indexed = [i["column_names"] for i in indexes]
             assert ["date_done"] in indexed
     finally:
         engine.dispose()
@@ -506,7 +506,8 @@ def test_task_id_too_long(db):
 
 @pytest.mark.parametrize("bad_id", ["\udcff-lone-surrogate", "ok\ud800"], ids=["low", "high"])
 def test_task_id_not_utf8(db, bad_id):
-    """A task id with a lone surrogate (not encodable as UTF-8): a clear error, nothing written, still working."""
+    """A task id with a lone surrogate (not encodable as UTF-8): a clear error,
+    nothing written, still working."""
     backend = db.backend()
     with pytest.raises(ValueError, match=r"task id .* lone surrogate"):
         backend.store_result(bad_id, 1, states.SUCCESS)
@@ -840,7 +841,7 @@ def test_bad_urls(url, problem):
     """A bad URL: ImproperlyConfigured naming the problem and listing the accepted forms."""
     app = sqlite_app(url)
     with pytest.raises(ImproperlyConfigured, match=problem) as caught:
-        app.backend
+        _ = app.backend  # the backend is made, and the URL parsed, on first use
     message = str(caught.value)
     assert "Accepted forms" in message
     for form in ("rawdb+postgresql://", "rawdb+mysql://", "rawdb+sqlite:///"):

@@ -62,3 +62,49 @@ def test_the_first_host_that_answers_is_used(request, dialect, form):
     with pytest.raises(ConnectFailed, match=r"at 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+") as caught:
         DatabaseBackend(app=app, url=dead).get_task_meta("x")
     assert refused in str(caught.value)
+
+
+def test_connect_starts_at_the_host_after_one_that_failed(monkeypatch):
+    """A connection that failed with a disconnect verdict (a Galera node cut
+    off, a read-only server: both still accept connections) sends the next
+    connect to the following host of the URL, and the host that answers is
+    where connects start from then on; a failure on a connection to a host
+    already left behind moves nothing."""
+    import pymysql
+
+    from rawbackend import dialects
+
+    refused = {"b:2"}
+    opened = []
+
+    class Connection:
+        def __init__(self, host, port):
+            self.where = f"{host}:{port}"
+
+    def connect_host(params):
+        where = f"{params['host']}:{params['port']}"
+        opened.append(where)
+        if where in refused:
+            raise pymysql.err.OperationalError(2003, f"Can't connect to {where}")
+        return Connection(params["host"], params["port"])
+
+    monkeypatch.setattr(dialects, "_connect_mysql_host", connect_host)
+    hosts = [("a", 1), ("b", 2), ("c", 3)]
+    monkeypatch.setattr(dialects, "_FIRST_HOST", {})
+    connect = dialects.MYSQL.connect
+
+    first = connect({"hosts": hosts, "user": "u"})
+    assert first.where == "a:1"
+    assert connect({"hosts": hosts}).where == "a:1"  # a answered: it stays first
+    dialects.MYSQL.server_failed(first)
+    opened.clear()
+    moved = connect({"hosts": hosts})
+    assert (moved.where, opened) == ("c:3", ["b:2", "c:3"])  # b refuses: c
+    dialects.MYSQL.server_failed(first)  # a's old connection fails too: c stays first
+    assert connect({"hosts": hosts}).where == "c:3"
+    dialects.MYSQL.server_failed(moved)
+    refused.clear()
+    assert connect({"hosts": hosts}).where == "a:1"  # after the last host, the first
+    single = dialects.MYSQL.connect({"host": "a", "port": 1})
+    dialects.MYSQL.server_failed(single)  # one host: nothing to move
+    assert dialects._FIRST_HOST == {tuple(hosts): 0}

@@ -66,7 +66,7 @@ def test_server_connection_keeps_one_cursor(server_db):
     assert backend.get_task_meta(task_id)["result"] == 1
     assert pooled.cursor is cursor
     with backend.ResultSession() as session:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception, match="no_such_table"):  # the driver's own error class
             session.fetch_one("SELECT no_such_column FROM no_such_table")
     assert pooled.cursor is None
     assert backend.get_task_meta(task_id)["result"] == 1

@@ -776,4 +776,44 @@ def test_mariadb_with_sequences_is_told_apart_from_mysql(version, variant):
         def get_server_info(self):
             return version
 
+        def cursor(self):
+            return Cursor()
+
+    class Cursor:  # a MariaDB server that is no Galera node
+        def execute(self, sql):
+            assert sql == "SHOW VARIABLES LIKE 'wsrep_on'"
+
+        def fetchone(self):
+            return ("wsrep_on", "OFF")
+
+        def close(self):
+            pass
+
     assert MYSQL.variant_of(Connection()) == variant
+
+
+def test_an_id_drawn_twice_is_refused_and_drawn_again(mysql_db):
+    """A sequence behind its table (here restarted by hand; on Galera, around
+    a node's crash) hands out an id that is another task's or group's: the
+    store does not update that other row (and report success), it is refused
+    (1264), retried, and stored under a new id; the other rows are unchanged."""
+    backend = mysql_db.backend()
+    backend.store_result("first", "one", states.SUCCESS)
+    if backend.tables.variant is None:
+        pytest.skip("MySQL: ids from AUTO_INCREMENT, no sequence to draw twice")
+    backend.save_group("group-1", backend.app.GroupResult("group-1", []))
+    table, groups = mysql_db.task_table, mysql_db.group_table
+    # INCREMENT BY 0: what Galera takes (a sequence that caches otherwise: 1235).
+    [(first_id,)] = mysql_db.query(f"SELECT id FROM `{table}` WHERE task_id = 'first'")
+    mysql_db.query(f"ALTER SEQUENCE task_id_sequence RESTART WITH {first_id} INCREMENT BY 0")
+    mysql_db.query("ALTER SEQUENCE taskset_id_sequence RESTART WITH 1 INCREMENT BY 0")
+    mysql_db.query(f"UPDATE `{groups}` SET id = 1")
+    backend.store_result("second", "two", states.SUCCESS)
+    backend.save_group("group-2", backend.app.GroupResult("group-2", []))
+    assert dict(mysql_db.query(f"SELECT task_id, status FROM `{table}`")) == \
+        {"first": states.SUCCESS, "second": states.SUCCESS}
+    assert backend.get_task_meta("first", cache=False)["result"] == "one"
+    assert backend.get_task_meta("second", cache=False)["result"] == "two"
+    assert sorted(row[0] for row in mysql_db.query(f"SELECT taskset_id FROM `{groups}`")) == \
+        ["group-1", "group-2"]
+    assert backend.restore_group("group-1").id == "group-1"

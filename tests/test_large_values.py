@@ -205,7 +205,8 @@ def test_too_large_group_is_refused(mysql_db):
     _, raw = celery_tables(mysql_db)
     group_id = tid("group")
     group = GroupResult(group_id, [AsyncResult(tid("m") + "x" * 80, app=raw.app) for _ in range(1000)])
-    with pytest.raises(ValueTooLarge, match=rf"group {group_id}: result is \d+ bytes.*MODIFY result LONGBLOB"):
+    problem = rf"group {group_id}: result is \d+ bytes.*MODIFY result LONGBLOB"
+    with pytest.raises(ValueTooLarge, match=problem):
         raw.save_group(group_id, group)
     assert raw.restore_group(group_id) is None
 

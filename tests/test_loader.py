@@ -86,8 +86,10 @@ def test_shipped_sql_loads_with_the_same_names_everywhere(dialect):
     # sequences), widening columns only where columns have limits,
     # notifying stores only where the server notifies (PostgreSQL), and the
     # lock budget is a statement only where no connect keyword takes it;
+    # sequences are looked at and restarted only where there are some, and an
+    # index dropped only where a failed build leaves it invalid (PostgreSQL);
     # everything else has the same names everywhere.
-    own = ("create_", "widen_", "notify_")
+    own = ("create_", "widen_", "notify_", "sequence_", "restart_", "drop_")
     assert {n for n in statements if not n.startswith(own)} == {
         n for n in sqlite if not n.startswith(own)
     } | ({"set_lock_timeout"} if dialect.lock_timeout_param is None else set())
@@ -99,7 +101,7 @@ def test_variant_creates_sequences_before_the_tables_that_use_them():
     too. In the dialect's order, tables came first, and a store racing the
     creation failed with 1146 "Table 'task_id_sequence' doesn't exist"."""
     from rawbackend.dialects import MYSQL
-    from rawbackend.models import Task, TaskSet, Tables
+    from rawbackend.models import Tables, Task, TaskSet
 
     tables = Tables(MYSQL, Task.bound(), TaskSet.bound())
     tables.use_variant("mariadb")
@@ -107,3 +109,24 @@ def test_variant_creates_sequences_before_the_tables_that_use_them():
     assert creates == ["create_task_sequence", "create_task_table",
                        "create_group_sequence", "create_group_table",
                        "create_chord_table"]  # sql/mysql/'s: it needs no sequence
+
+
+def test_galera_refines_mariadb_and_keeps_sequences_first():
+    """A Galera node's statements are sql/galera/'s, then sql/mariadb/'s, then
+    sql/mysql/'s: its own sequences (INCREMENT BY 0), MariaDB's inserts that
+    draw from them, reads with the causality check, MySQL's chords."""
+    from rawbackend.dialects import MYSQL
+    from rawbackend.models import Tables, Task, TaskSet
+
+    tables = Tables(MYSQL, Task.bound(), TaskSet.bound())
+    tables.use_variant("galera")
+    creates = [name for name in tables.sql if name.startswith("create_")]
+    assert creates == ["create_task_sequence", "create_group_sequence",
+                       "create_task_table", "create_group_table", "create_chord_table"]
+    assert "INCREMENT BY 0" in tables.sql["create_task_sequence"]
+    assert "NEXTVAL" in tables.sql["store_result"]  # sql/mariadb/'s
+    assert "wsrep_sync_wait" not in tables.sql["store_result"]
+    for read in ("get_task_meta", "get_task_meta_extended", "get_many", "get_many_extended",
+                 "task_result_exists", "restore_group", "chord_progress", "chord_claimant"):
+        assert tables.sql[read].startswith("SET STATEMENT wsrep_sync_wait = 1 FOR\nSELECT"), read
+    assert tables.sql["add_chord_part"].startswith("INSERT")  # sql/mysql/'s

@@ -21,9 +21,8 @@ from celery.exceptions import ImproperlyConfigured
 from celery.result import AsyncResult, GroupResult
 
 import rawbackend.backend
-from rawbackend import listen
 from conftest import wait_until
-from test_pgbouncer import pgbouncer  # noqa: F401  (a fixture)
+from rawbackend import listen
 from test_statements import PostgresLog, bare_all
 
 PROMPT = 0.2  # seconds from a store to its waiter's return: generous

@@ -11,9 +11,8 @@ import uuid
 
 import pytest
 from celery import Celery, states
-from celery.backends.base import BaseBackend
-
 from celery.backends import database as celery_database
+from celery.backends.base import BaseBackend
 from celery.backends.database import models as celery_models
 from celery.backends.database import session as celery_session
 

@@ -131,9 +131,9 @@ def _wait_ready(process, url: str, log: Path, timeout: float = 15.0) -> None:
             with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
             return
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             if time.monotonic() >= deadline:
-                raise AssertionError(f"pgbouncer did not answer in {timeout:g}s: {log.read_text()}")
+                raise AssertionError(f"pgbouncer did not answer in {timeout:g}s: {log.read_text()}") from exc
             time.sleep(0.05)
 
 
@@ -166,7 +166,7 @@ def test_bare_psycopg_loses_prepared_statements(pgbouncer):
     repetitions = 20
     while True:
 
-        def body(n):
+        def body(n, repetitions=repetitions):
             with psycopg.connect(pgbouncer.url, autocommit=True) as conn:
                 assert conn.prepare_threshold == 5  # psycopg's default
                 for i in range(repetitions):

@@ -17,7 +17,7 @@ class FakeConnection:
     """Owns one end of a socketpair; closing it says goodbye over the socket,
     as libpq and PyMySQL do."""
 
-    opened: list["FakeConnection"] = []
+    opened: list[FakeConnection] = []
 
     def __init__(self, params):
         self.params = params
@@ -60,7 +60,8 @@ def test_a_returned_connection_is_reused(fake):
 def test_size_overflow_and_timeout(fake):
     pool = Pool(fake, {}, pool_size=2, max_overflow=1, pool_timeout=0.05)
     held = [pool.getconn() for _ in range(3)]
-    with pytest.raises(PoolTimeout, match=r"no connection .* came free within 0.05s \(pool_size=2, max_overflow=1\)"):
+    problem = r"no connection .* came free within 0.05s \(pool_size=2, max_overflow=1\)"
+    with pytest.raises(PoolTimeout, match=problem):
         pool.getconn()
     for pooled in held:
         pool.putconn(pooled)

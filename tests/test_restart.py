@@ -14,7 +14,7 @@ import pytest
 from celery import states
 
 from conftest import wait_until
-from servers import Server, restartable  # noqa: F401 (a fixture)
+from servers import Server
 
 pytestmark = pytest.mark.slow
 

@@ -25,8 +25,9 @@ from conftest import raw_connect, wait_until
 
 WARM_UP_STORES = 8  # past psycopg's prepare_threshold (5): the steady state
 # The upsert, or on PostgreSQL with notifications on, the upsert that notifies
-# in the same statement (sql/postgresql/notify.sql).
-STORE = ("INSERT INTO", "WITH stored AS (")
+# in the same statement (sql/postgresql/notify.sql); on MariaDB, the upsert in
+# strict mode (SET STATEMENT ... FOR INSERT: sql/mariadb/results.sql).
+STORE = ("INSERT INTO", "WITH stored AS (", "SET STATEMENT sql_mode")
 
 
 

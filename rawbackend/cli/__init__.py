@@ -26,7 +26,7 @@ __all__ = ("main", "open_backend", "session", "EXIT_OK", "EXIT_PROBLEM", "EXIT_U
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 # The commands, in the order --help lists them: modules of this package.
-COMMANDS = ("schema",)
+COMMANDS = ("schema", "check", "migrate")
 
 URL_VARIABLE = "RAWBACKEND_URL"
 
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    backend = None
     try:
         backend = open_backend(args)
         return args.module.run(backend, args)
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rawbackend {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if backend is not None:
+            # Say goodbye to the server: a connection dropped at exit is an
+            # "Aborted connection" warning in MariaDB's log for each run.
+            backend.session_manager.invalidate(backend.url)
 
 
 def _from_driver(exc: BaseException) -> bool:

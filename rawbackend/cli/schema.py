@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant", metavar="SERVER",
         help="the server the DDL is for, where a URL may mean more than one "
-             "(mysql://: 'mariadb', or 'none' for MySQL); default: ask the server",
+             "(mysql://: 'mariadb', 'galera' for a Galera cluster node, or 'none' for "
+             "MySQL); default: ask the server",
     )
 
 

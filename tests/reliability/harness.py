@@ -7,6 +7,7 @@ Every loop has a hard bound and every wait a timeout.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing
@@ -215,7 +216,7 @@ class Load:
     def writers_alive(self) -> bool:
         return any(p.is_alive() for p in self.processes[: self.writers])
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         if self.app_prefix == "rawdb+":
             # The tables first, from the parent: workers racing to create them
             # on a fresh MariaDB can fail a first store (CREATE SEQUENCE IF NOT
@@ -366,7 +367,7 @@ class Pinger(threading.Thread):
     @property
     def window(self) -> tuple[float, float] | None:
         """(an answer, the next one) around the longest gap."""
-        gaps = list(zip(self.answered, self.answered[1:]))
+        gaps = list(itertools.pairwise(self.answered))
         return max(gaps, key=lambda gap: gap[1] - gap[0], default=None)
 
     @property
@@ -374,7 +375,7 @@ class Pinger(threading.Thread):
         window = self.window
         return window[1] - window[0] if window else 0.0
 
-    def __enter__(self) -> "Pinger":
+    def __enter__(self) -> Pinger:
         assert self.server.writes(f"CREATE TABLE IF NOT EXISTS {PING_TABLE} (n INTEGER)")
         self.start()
         return self

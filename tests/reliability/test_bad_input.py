@@ -91,7 +91,7 @@ def test_unknown_driver_suffix(url, problem):
     """A driver suffix rawbackend doesn't map: ImproperlyConfigured naming it
     and the accepted forms (the drivers it does map are listed there)."""
     with pytest.raises(ImproperlyConfigured, match=problem) as caught:
-        app_on(url).backend
+        _ = app_on(url).backend  # the backend is made, and the URL parsed, on first use
     assert "postgresql+psycopg" in str(caught.value) and "mysql+pymysql" in str(caught.value)
 
 
@@ -167,7 +167,8 @@ def test_mysql_read_timeout_still_applies_after_the_handshake(mysql_db):
     """The handshake borrows connect_timeout; the connection then reads with
     the read_timeout of the URL (none: waits as long as a query takes)."""
     backend = app_on(f"rawdb+{mysql_db.url}?read_timeout=1&connect_timeout=5",
-                     database_table_names={"task": mysql_db.task_table, "group": mysql_db.group_table}).backend
+                     database_table_names={"task": mysql_db.task_table,
+                                           "group": mysql_db.group_table}).backend
     try:
         with backend.ResultSession() as session:
             conn = session.connection()
@@ -177,7 +178,8 @@ def test_mysql_read_timeout_still_applies_after_the_handshake(mysql_db):
     finally:
         backend.session_manager.invalidate(backend.url)
     untimed = app_on(f"rawdb+{mysql_db.url}?connect_timeout=1",
-                     database_table_names={"task": mysql_db.task_table, "group": mysql_db.group_table}).backend
+                     database_table_names={"task": mysql_db.task_table,
+                                           "group": mysql_db.group_table}).backend
     try:
         with untimed.ResultSession() as session:
             assert session.fetch_one("SELECT SLEEP(1.5) AS s")["s"] == 0

@@ -13,7 +13,6 @@ import time
 import pytest
 
 from harness import Killer, Load, Pinger, check_no_harm, check_stored_exactly_once, lost
-from servers import restartable  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 

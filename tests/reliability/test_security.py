@@ -109,7 +109,7 @@ def test_password_never_in_logs_reprs_or_errors(server_db, account, all_logs):
                         **server_db.conf())
     server_db.apps.append(failing)
     try:
-        failing.backend
+        _ = failing.backend  # connects: the wrong password fails here
     except Exception as exc:  # the assertions below look at it
         seen += [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
     else:
