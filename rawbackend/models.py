@@ -349,24 +349,24 @@ class Tables:
         self.max_statement_setting = limit.get("setting")
 
     def _create_sequences(self, session, task_columns, group_columns) -> set[str]:
-        """Create the missing sequences where the statements check for them
-        (MariaDB); each made next to an existing table starts past its ids.
+        """Create the missing sequences where the statements can check for them
+        (PostgreSQL, MariaDB): one left out by a create that failed half-way is
+        made then, and starts past the ids of a table that already has rows.
         The names of the create statements handled here."""
         if "sequence_exists" not in self.sql:
-            return set()  # the other create_ statements make them, if any
+            return set()  # no sequences on this dialect
         handled = set()
         for prefix, model, columns in (("task", self.task_cls, task_columns),
                                        ("group", self.taskset_cls, group_columns)):
             create = f"create_{prefix}_sequence"
             handled.add(create)
-            params = {"schema": model.table_schema, "name": model.__sequence__}
+            params = {"schema": model.table_schema, "sequence": model.__sequence__}
             if session.fetch_one(self.sql["sequence_exists"], params):
                 continue
             session.execute(self.sql[create])
             if columns:
-                highest = (session.fetch_one(self.sql[f"highest_{prefix}_id"]) or {}).get("id")
-                if highest is not None:
-                    session.execute(self.sql[f"start_{prefix}_sequence_after"], {"id": highest})
+                start = session.fetch_one(self.sql[f"restart_{prefix}_sequence_at"]) or {}
+                session.execute(self.sql[f"restart_{prefix}_sequence"], {"start": start["start"]})
         return handled
 
     def _create_chord_table(self, session) -> None:

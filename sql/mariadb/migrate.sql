@@ -68,9 +68,11 @@ SELECT COALESCE(MAX(id), 0) + 1 AS start FROM {group_table};
 -- name: restart_task_sequence
 -- Make a sequence created next to a table with rows start after its largest id.
 -- why: a new sequence starts at 1: the ids it gives would collide with the rows'.
--- why: MariaDB's SETVAL takes only constants; PyMySQL writes the parameter in.
-ALTER SEQUENCE {task_sequence_name} RESTART WITH %(start)s;
+-- why: SETVAL, not ALTER SEQUENCE ... RESTART: on Galera (INCREMENT BY 0, ids
+-- why: from auto_increment_offset) RESTART gave 2 after ids up to 13. It takes
+-- why: constants only; PyMySQL writes the parameter in. 0: the next id is start.
+SELECT SETVAL({task_sequence_name}, %(start)s, 0);
 
 -- name: restart_group_sequence
 -- Make a sequence created next to a table with rows start after its largest id.
-ALTER SEQUENCE {group_sequence_name} RESTART WITH %(start)s;
+SELECT SETVAL({group_sequence_name}, %(start)s, 0);

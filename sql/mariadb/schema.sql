@@ -47,27 +47,3 @@ CREATE TABLE IF NOT EXISTS {group_table} (
     UNIQUE (taskset_id),
     INDEX {group_index_name} (date_done)
 );
-
--- name: sequence_exists
--- Whether a sequence exists: tables made without theirs (a create that failed half-way) get it then.
-SELECT 1 AS present FROM information_schema.tables
-WHERE table_schema = COALESCE(%(schema)s, DATABASE()) AND table_name = %(name)s
-  AND table_type = 'SEQUENCE';
-
--- name: highest_task_id
--- The largest row id of the task table, for a sequence made after the table.
-SELECT MAX(id) AS id FROM {task_table};
-
--- name: start_task_sequence_after
--- Move the task sequence past %(id)s, the table's largest row id.
--- why: an id drawn twice would make a store's ON DUPLICATE KEY UPDATE write
--- why: over another task's row. SETVAL takes a constant only: two statements.
-SELECT SETVAL({task_sequence_name}, %(id)s);
-
--- name: highest_group_id
--- The largest row id of the group table, for a sequence made after the table.
-SELECT MAX(id) AS id FROM {group_table};
-
--- name: start_group_sequence_after
--- Move the group sequence past %(id)s, the table's largest row id.
-SELECT SETVAL({group_sequence_name}, %(id)s);
