@@ -134,9 +134,10 @@ class PoolWatch(threading.Thread):
                 cursor.execute("SHOW POOLS")
                 names = [d.name for d in cursor.description]
                 for row in cursor.fetchall():
-                    pool = dict(zip(names, row))
+                    pool = dict(zip(names, row, strict=True))
                     if pool["database"] == self.dbname:
-                        servers = sum(pool[k] for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
+                        states = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
+                        servers = sum(pool[state] for state in states)
                         self.servers = max(self.servers, servers)
                         self.clients = max(self.clients, pool["cl_active"] + pool["cl_waiting"])
 
@@ -231,8 +232,10 @@ def one_client(urls: dict, stores: int) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pgbouncer", description=__doc__.split("\n")[0])
-    parser.add_argument("--url", required=True, help="a postgresql:// URL (the server; PgBouncer goes in front)")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pgbouncer",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--url", required=True,
+                        help="a postgresql:// URL (the server; PgBouncer goes in front)")
     parser.add_argument("--processes", type=int, default=16)
     parser.add_argument("--threads", type=int, default=4, help="per process")
     parser.add_argument("--server-connections", type=int, default=10)
@@ -247,7 +250,8 @@ def main(argv=None) -> None:
     clients = args.processes * args.threads
     admin = POSTGRESQL.connect(params)
     (limit,), = admin.execute("SELECT current_setting('max_connections')::int").fetchall()
-    (used,), = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'").fetchall()
+    (used,), = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'").fetchall()
     needed = clients + args.server_connections + 5  # the direct clients, PgBouncer's, a few of ours
     if used + needed > limit:
         admin.close()
@@ -257,7 +261,8 @@ def main(argv=None) -> None:
     admin.execute(f'CREATE SCHEMA "{SCHEMA}"')
     try:
         # Each thread's pool may hold a few connections: room for all of them.
-        with running_pgbouncer(params, args.server_connections, max_clients=clients * 4 + 50) as (bouncer, version):
+        bouncing = running_pgbouncer(params, args.server_connections, max_clients=clients * 4 + 50)
+        with bouncing as (bouncer, version):
             urls = {"direct": args.url, "pgbouncer": bouncer}
             _app(args.url).backend._create_tables()
             print(f"{version} (transaction mode, {args.server_connections} server connections) in "
@@ -314,14 +319,15 @@ def run_rounds(args, commands, results) -> dict[str, list[dict]]:
                 "first_error": errors[0] if errors else None,
             }
             summary[mode].append(row)
-            print(f"  round {r} {mode:>9}: median {row['median'] * 1000:.2f} ms, p99 {row['p99'] * 1000:.2f} ms, "
+            print(f"  round {r} {mode:>9}: median {row['median'] * 1000:.2f} ms, "
+                  f"p99 {row['p99'] * 1000:.2f} ms, "
                   f"{row['rate']:,.0f} stores/s, {row['errors']} errors", flush=True)
     return summary
 
 
 def report(args, summary: dict[str, list[dict]], alone: dict[str, float], watch: PoolWatch) -> None:
     clients = args.processes * args.threads
-    ratios = [b["median"] / d["median"] for d, b in zip(summary["direct"], summary["pgbouncer"])]
+    ratios = [b["median"] / d["median"] for d, b in zip(summary["direct"], summary["pgbouncer"], strict=True)]
     ratio = statistics.median(ratios)
     print(f"\nstore latency, {clients} clients, {args.rounds} rounds of {args.seconds:g}s each way:")
     for mode in MODES:

@@ -75,7 +75,7 @@ class Sampler(threading.Thread):
                 cursor.execute("SHOW POOLS")
                 names = [d.name for d in cursor.description]
                 for row in cursor.fetchall():
-                    pool = dict(zip(names, row))
+                    pool = dict(zip(names, row, strict=True))
                     if pool["database"] == self.dbname:
                         self.max_clients = max(self.max_clients, pool["cl_active"] + pool["cl_waiting"])
         finally:
@@ -238,7 +238,8 @@ def test_64_clients_on_10_server_connections(pg_db, tmp_path, figures, setting, 
     notifications, waiters polled, and no LISTEN was left on the table's channel;
     with the backend shared by a process's threads, its pool bounds its clients."""
     if max_prepared_statements and pgbouncer_version() < (1, 21):
-        pytest.skip(f"PgBouncer {'.'.join(map(str, pgbouncer_version()))} has no max_prepared_statements (1.21+)")
+        version = ".".join(map(str, pgbouncer_version()))
+        pytest.skip(f"PgBouncer {version} has no max_prepared_statements (1.21+)")
     conf = SETTINGS[setting]
     notify = conf.get("database_notify", False)
     with server_role(pg_db) as role, running_pgbouncer(
