@@ -24,7 +24,8 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
-from conftest import raw_connect
+from conftest import raw_connect, wait_until
+from rawbackend import listen
 from test_notify import heard_on_each_server_connection, listen_channel
 from test_pgbouncer import pgbouncer_version, running_pgbouncer
 
@@ -185,6 +186,10 @@ def _process(url: str, conf: dict, name: str, ready, start, report) -> None:
         found = dict(backend.get_many(stored, timeout=30))
         not_success = sorted(i for i in stored if found.get(i, {}).get("status") != states.SUCCESS)
         listener = next(iter(_listeners()), None)
+        if listener is not None:
+            # A quick process may be done before its probe's verdict (3 s).
+            wait_until(lambda: listener.unusable or listener.active, "the listener's verdict",
+                       timeout=listen.PROBE_TIMEOUT + 10)
         report.put({
             "name": name, "errors": errors, "stored": len(stored), "not_success": not_success[:5],
             "prepare_thresholds": thresholds,
@@ -195,8 +200,6 @@ def _process(url: str, conf: dict, name: str, ready, start, report) -> None:
 
 
 def _listeners():
-    from rawbackend import listen
-
     return list(listen._LISTENERS.values())
 
 
