@@ -8,13 +8,15 @@ loopback port, files in a temp folder): transaction pooling,
 16 spawned processes x 4 threads (64 clients; each thread has a backend and a
 pool of its own, as in Celery's threads pool) store back to back, with
 rawbackend's default settings, in rounds that alternate direct and through
-PgBouncer in the same processes; one round of each first, not recorded, warms
-the pools (and lets them meet PgBouncer's 26000/42P05 and stop preparing).
+PgBouncer, in the same processes; one round of each first, not recorded,
+warms the pools (and lets them meet PgBouncer's 26000/42P05 and stop
+preparing).
 Each store is timed where it is made; errors are stores that raised.
 
 Printed per round and in all: median and p99 store latency, stores/s,
 errors, and the ratio PgBouncer/direct (median of the per-round ratios of
-medians; target <= 1.5x). Also one client alone, both ways, interleaved.
+medians; target <= 1.5x). Also one client alone, interleaved: direct, direct without prepared
+statements (``?prepare_threshold=none``), and through PgBouncer.
 PgBouncer's admin console (``SHOW POOLS``) counts the server connections it
 held and the clients it served at most.
 
@@ -39,6 +41,11 @@ from pathlib import Path
 
 SCHEMA = "rawbackend_bench_pgbouncer"
 MODES = ("direct", "pgbouncer")
+# One client alone also runs "unprepared": direct without psycopg's prepared
+# statements, as the pools behind PgBouncer (before 1.21) run, which tells the
+# hop's cost apart from theirs. (Not with 64 clients: a third set of 64
+# connections would not fit a default max_connections beside the direct ones.)
+ALONE = ("direct", "unprepared", "pgbouncer")
 
 
 # -- PgBouncer ------------------------------------------------------------------
@@ -214,7 +221,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def one_client(urls: dict, stores: int) -> dict[str, float]:
-    """One client alone, both ways, interleaved: median store latency."""
+    """One client alone, each of ``urls`` in turn, interleaved: median store latency."""
     from celery import states
 
     backends = {mode: _app(url).backend for mode, url in urls.items()}
@@ -240,7 +247,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=4, help="per process")
     parser.add_argument("--server-connections", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=5.0, help="per round and mode")
-    parser.add_argument("--rounds", type=int, default=3, help="recorded rounds of each mode, alternating")
+    parser.add_argument("--rounds", type=int, default=3, help="recorded rounds of each mode")
     args = parser.parse_args(argv)
 
     from rawbackend.dialects import POSTGRESQL
@@ -263,6 +270,7 @@ def main(argv=None) -> None:
         # Each thread's pool may hold a few connections: room for all of them.
         bouncing = running_pgbouncer(params, args.server_connections, max_clients=clients * 4 + 50)
         with bouncing as (bouncer, version):
+            unprepared = args.url + ("&" if "?" in args.url else "?") + "prepare_threshold=none"
             urls = {"direct": args.url, "pgbouncer": bouncer}
             _app(args.url).backend._create_tables()
             print(f"{version} (transaction mode, {args.server_connections} server connections) in "
@@ -288,7 +296,7 @@ def main(argv=None) -> None:
                     proc.join(30)
             watch.stop.set()
             watch.join(5)
-            alone = one_client(urls, 300)
+            alone = one_client({**urls, "unprepared": unprepared}, 300)
         report(args, summary, alone, watch)
     finally:
         admin.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
@@ -297,10 +305,10 @@ def main(argv=None) -> None:
 
 def run_rounds(args, commands, results) -> dict[str, list[dict]]:
     """Warm-up (not recorded), then ``rounds`` rounds, each mode once per
-    round, the order alternating."""
+    round, in an order rotated by the round."""
     summary: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for r in range(args.rounds + 1):
-        order = MODES if r % 2 == 0 else MODES[::-1]
+        order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
         for mode in order:
             for queue in commands:
                 queue.put((mode, args.seconds))
@@ -319,7 +327,7 @@ def run_rounds(args, commands, results) -> dict[str, list[dict]]:
                 "first_error": errors[0] if errors else None,
             }
             summary[mode].append(row)
-            print(f"  round {r} {mode:>9}: median {row['median'] * 1000:.2f} ms, "
+            print(f"  round {r} {mode:>10}: median {row['median'] * 1000:.2f} ms, "
                   f"p99 {row['p99'] * 1000:.2f} ms, "
                   f"{row['rate']:,.0f} stores/s, {row['errors']} errors", flush=True)
     return summary
@@ -327,25 +335,30 @@ def run_rounds(args, commands, results) -> dict[str, list[dict]]:
 
 def report(args, summary: dict[str, list[dict]], alone: dict[str, float], watch: PoolWatch) -> None:
     clients = args.processes * args.threads
-    ratios = [b["median"] / d["median"] for d, b in zip(summary["direct"], summary["pgbouncer"], strict=True)]
-    ratio = statistics.median(ratios)
+    def ratios(over: str, under: str) -> list[float]:
+        return [o["median"] / u["median"] for o, u in zip(summary[over], summary[under], strict=True)]
+
+    per_round = ratios("pgbouncer", "direct")
+    ratio = statistics.median(per_round)
     print(f"\nstore latency, {clients} clients, {args.rounds} rounds of {args.seconds:g}s each way:")
     for mode in MODES:
         rows = summary[mode]
-        print(f"  {mode:>9}: median {statistics.median(r['median'] for r in rows) * 1000:.2f} ms, "
+        print(f"  {mode:>10}: median {statistics.median(r['median'] for r in rows) * 1000:.2f} ms, "
               f"p99 {statistics.median(r['p99'] for r in rows) * 1000:.2f} ms, "
               f"{statistics.median(r['rate'] for r in rows):,.0f} stores/s, "
               f"{sum(r['errors'] for r in rows)} errors")
     errors = sum(r["errors"] for rows in summary.values() for r in rows)
     first = next((r["first_error"] for rows in summary.values() for r in rows if r["first_error"]), None)
-    print(f"  pgbouncer/direct: {ratio:.2f}x (per round: {', '.join(f'{x:.2f}' for x in ratios)}); "
+    print(f"  pgbouncer/direct: {ratio:.2f}x (per round: {', '.join(f'{x:.2f}' for x in per_round)}); "
           f"target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'}")
     print(f"  errors: {errors}{f' (first: {first})' if first else ''}; target 0: "
           f"{'met' if errors == 0 else 'NOT met'}")
     print(f"  PgBouncer held at most {watch.servers} server connections for {watch.clients} clients "
           f"(SHOW POOLS)")
-    print(f"one client alone, median of 300: direct {alone['direct'] * 1000:.3f} ms, pgbouncer "
-          f"{alone['pgbouncer'] * 1000:.3f} ms ({alone['pgbouncer'] / alone['direct']:.2f}x)")
+    print("one client alone, median of 300: " + ", ".join(
+        f"{mode} {alone[mode] * 1000:.3f} ms" for mode in ALONE)
+        + f" (pgbouncer/direct {alone['pgbouncer'] / alone['direct']:.2f}x, "
+        f"unprepared/direct {alone['unprepared'] / alone['direct']:.2f}x)")
 
 
 if __name__ == "__main__":
