@@ -185,7 +185,9 @@ def evaluate_targets(dialect: str, ops: dict[str, OpResult]) -> list[TargetResul
     raw_cleanup = cleanup.contenders.get("rawbackend") if cleanup else None
     targets += [
         check("cleanup(): rawbackend/floor's plain DELETE",
-              ratio("cleanup", "rawbackend", "floor"), "<=", 1.5),
+              ratio("cleanup", "rawbackend", "floor"), "<=", 1.5,
+              "SQLite's batches leave the write lock free half the time, for waiting stores: "
+              "the store wait is the target there" if dialect == "sqlite" else ""),
         check("cleanup(): longest concurrent store meanwhile, ms",
               raw_cleanup.extra.get("max_store_ms") if raw_cleanup else None, "<=", 100.0),
     ]

@@ -7,7 +7,7 @@ import pickle
 import time
 import uuid
 from contextlib import nullcontext
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 
 from celery import maybe_signature, states
@@ -21,8 +21,9 @@ from kombu.serialization import registry as serializers
 from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
 from .errors import ValueTooLarge, classify
+from .expiry import Cleanup, Report, unfinished_setting
 from .listen import Listener, Watch, listener_for
-from .models import ChordPart, Tables, Task, TaskExtended, TaskSet
+from .models import ChordPart, Tables, Task, TaskExtended, TaskSet, Watermark
 from .session import Session, SessionManager
 from .url import parse_url, strip_prefix
 from .waiting import pauses
@@ -32,7 +33,6 @@ __all__ = ("DatabaseBackend",)
 logger = logging.getLogger(__name__)
 
 TASK_ID_MAX = 155  # VARCHAR(155), in Celery's tables
-CLEANUP_BATCH = 5000  # rows per DELETE: short locks, so stores never wait long
 DEFAULT_RECONNECT_TIMEOUT = 30.0  # seconds to wait for a server to come back
 # Columns a store may leave out (NULL) when a value does not fit, with a
 # warning; a result or traceback that does not fit is an error instead.
@@ -147,6 +147,7 @@ class DatabaseBackend(BaseBackend):
         self.task_cls = (TaskExtended if self.extended_result else Task).bound()
         self.taskset_cls = TaskSet.bound()
         self.chord_cls = ChordPart.bound()
+        self.watermark_cls = Watermark.bound()
 
         if url and url.rstrip("/").lower() == "rawdb:":
             url = None  # "rawdb://" names the backend, no database: use database_url
@@ -168,7 +169,13 @@ class DatabaseBackend(BaseBackend):
         self.chord_cls.configure(
             schema=schemas.get("chord", schemas.get("group")), name=tablenames.get("chord")
         )
-        self.tables = Tables(self.dialect, self.task_cls, self.taskset_cls, self.chord_cls)
+        # And the watermark table next to the task table, whose ids it records.
+        self.watermark_cls.configure(
+            schema=schemas.get("watermark", schemas.get("task")), name=tablenames.get("watermark")
+        )
+        self.tables = Tables(
+            self.dialect, self.task_cls, self.taskset_cls, self.chord_cls, self.watermark_cls
+        )
         # Names, looked up at each use: a server variant (MariaDB) may replace
         # the statements once the first connection is made.
         self._store_statement = "store_result_extended" if self.extended_result else "store_result"
@@ -198,6 +205,10 @@ class DatabaseBackend(BaseBackend):
         self.session_manager = SessionManager(
             engine_callback=engine_callback, lock_timeout=self.lock_timeout
         )
+        # Rows left unfinished expire this long after their first write (None: never).
+        self.unfinished_expires = unfinished_setting(kwargs.get(
+            "unfinished_expires", conf.get("database_unfinished_expires")
+        ))
         self.reconnect_timeout = float(kwargs.get(
             "reconnect_timeout", conf.get("database_reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT)
         ))
@@ -215,11 +226,15 @@ class DatabaseBackend(BaseBackend):
 
     def exception_safe_to_retry(self, exc):
         """True for errors that the driver's code says are transient, except
-        a lost connection to a server that never answered: that is a wrong
-        URL, or a server not up yet, and waiting for it would only hide it."""
+        a lost connection to a server that never answered, and a write
+        refused as read-only where no server ever took writes: that is a
+        wrong URL (or one leading only to a standby), or a server not up yet,
+        and waiting for it would only hide it."""
         verdict = classify(self.dialect.errors, exc)
         if verdict is None:
             return False
+        if verdict.read_only:
+            return self.session_manager.has_answered(self.url, writable=True)
         return not verdict.disconnect or self.session_manager.has_answered(self.url)
 
     def on_backend_retryable_error(self, exc):
@@ -774,21 +789,13 @@ class DatabaseBackend(BaseBackend):
     # -- expiry ---------------------------------------------------------------------
 
     def cleanup(self):
-        """Delete expired meta-data."""
+        """Delete expired meta-data; and, with ``database_unfinished_expires``,
+        rows left unfinished for longer (see rawbackend.expiry)."""
         self._ensure_retryable(self._cleanup)
 
-    def _cleanup(self):
-        if not self.expires:
-            return  # result_expires None or 0: results never expire
-        expires = self.expires if isinstance(self.expires, timedelta) else timedelta(seconds=self.expires)
-        cutoff = self.dialect.encode_datetime(datetime.now(timezone.utc) - expires)
-        params = {"cutoff": cutoff, "batch": CLEANUP_BATCH}
-        # In batches, each its own short transaction: a store running meanwhile
-        # waits for one batch at most, never for the whole cleanup.
-        with self.ResultSession() as session:
-            for name in ("delete_expired_tasks", "delete_expired_groups", "delete_expired_chords"):
-                while session.execute(self.tables.sql[name], params) >= CLEANUP_BATCH:
-                    pass
+    def _cleanup(self, **options) -> Report:
+        options.setdefault("unfinished_expires", self.unfinished_expires)
+        return Cleanup(self, **options).run()
 
     def __reduce__(self, args=(), kwargs=None):
         kwargs = {} if not kwargs else kwargs
@@ -801,11 +808,12 @@ class DatabaseBackend(BaseBackend):
             # where it is unpickled; it creates no tables of its own at set-up.
             "table_names": {
                 "task": self.task_cls.table_name, "group": self.taskset_cls.table_name,
-                "chord": self.chord_cls.table_name,
+                "chord": self.chord_cls.table_name, "watermark": self.watermark_cls.table_name,
             },
             "table_schemas": {
                 "task": self.task_cls.table_schema, "group": self.taskset_cls.table_schema,
                 "chord": self.chord_cls.table_schema,
+                "watermark": self.watermark_cls.table_schema,
             },
             "extended": bool(self.extended_result),
             "short_lived_sessions": self.short_lived_sessions,
@@ -814,6 +822,7 @@ class DatabaseBackend(BaseBackend):
             "accept": list(self.accept),
             "reconnect_timeout": self.reconnect_timeout,
             "lock_timeout": self.lock_timeout,
+            "unfinished_expires": self.unfinished_expires,
             "notify": self._notify_asked,
         })
         return super().__reduce__(args, kwargs)

@@ -1,8 +1,10 @@
 """Which driver errors are worth retrying: tables only, one per dialect.
 
 Each row maps a code to a ``Verdict``: ``transient`` (the same operation may
-succeed if tried again) and ``disconnect`` (the connection is gone or unusable:
-drop it and every pooled sibling). ``errors.classify`` reads these tables.
+succeed if tried again), ``disconnect`` (the connection is gone or unusable:
+drop it and every pooled sibling) and ``read_only`` (the server takes no
+writes: a standby; the next connection may reach the new primary).
+``errors.classify`` reads these tables.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ from typing import NamedTuple
 class Verdict(NamedTuple):
     transient: bool
     disconnect: bool
+    read_only: bool = False
 
 
 TRANSIENT = Verdict(transient=True, disconnect=False)
 DISCONNECT = Verdict(transient=True, disconnect=True)
+READ_ONLY = Verdict(transient=True, disconnect=True, read_only=True)
 
 # PostgreSQL SQLSTATE codes (psycopg ``exc.sqlstate``); the exact code first,
 # then its two-character class.
@@ -28,6 +32,9 @@ POSTGRESQL_CODES: dict[str, Verdict] = {
     "57P02": DISCONNECT,  # crash_shutdown
     "57P03": DISCONNECT,  # cannot_connect_now (starting up, shutting down)
     "57P05": DISCONNECT,  # idle_session_timeout
+    # A write that reached a standby: during a failover, through a URL without
+    # target_session_attrs=read-write, the node that accepts may be the standby.
+    "25006": READ_ONLY,  # read_only_sql_transaction
     # Resources.
     "53300": TRANSIENT,  # too_many_connections
     "55P03": TRANSIENT,  # lock_not_available (lock_timeout)
@@ -43,6 +50,14 @@ POSTGRESQL_CLASSES: dict[str, Verdict] = {
 }
 # The codes that mean "server-side prepared statements don't survive here".
 POSTGRESQL_UNPREPARE = frozenset({"26000", "42P05"})
+# Why libpq passed over a host (target_session_attrs), lowercase -> what it
+# means, added to the error when no host would do.
+POSTGRESQL_CONNECT_HINTS: dict[str, str] = {
+    "session is read-only": "a host that answered is read-only (a standby, or "
+    "default_transaction_read_only is on) and the URL asks for target_session_attrs=read-write",
+    "server is in hot standby mode": "a host that answered is a standby and the URL asks "
+    "for target_session_attrs=primary",
+}
 
 # MySQL/MariaDB error numbers (PyMySQL ``exc.args[0]``).
 MYSQL_CODES: dict[int, Verdict] = {

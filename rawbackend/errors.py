@@ -12,7 +12,7 @@ from kombu.exceptions import EncodeError
 
 from .errcodes import DISCONNECT, Verdict
 
-__all__ = ("ConnectFailed", "ErrorRules", "Verdict", "ValueTooLarge", "classify")
+__all__ = ("ConnectFailed", "ErrorRules", "ReadOnlyServer", "Verdict", "ValueTooLarge", "classify")
 
 
 class ConnectFailed(BackendError):
@@ -20,6 +20,17 @@ class ConnectFailed(BackendError):
     driver's error is the cause). Classified as that error is."""
 
     def __init__(self, message: str, verdict: Verdict | None):
+        super().__init__(message)
+        self.verdict = verdict
+
+
+class ReadOnlyServer(BackendError):
+    """A write reached a server that takes none (a standby); says which, and
+    how to reach the primary (the driver's error is the cause). Classified
+    as that error is: the connection is dropped and the next one may reach a
+    new primary."""
+
+    def __init__(self, message: str, verdict: Verdict):
         super().__init__(message)
         self.verdict = verdict
 
@@ -82,7 +93,7 @@ class ErrorRules:
 
 def classify(rules: ErrorRules, exc: BaseException) -> Verdict | None:
     """The verdict on ``exc`` (None: not retryable, let it propagate)."""
-    if isinstance(exc, ConnectFailed):
+    if isinstance(exc, (ConnectFailed, ReadOnlyServer)):
         return exc.verdict
     if isinstance(exc, ConnectionError):
         # An OSError from a socket the driver did not wrap.

@@ -15,7 +15,7 @@ from celery.exceptions import ImproperlyConfigured
 from .dialects import Dialect
 from .loader import load_dialect
 
-__all__ = ("Task", "TaskExtended", "TaskSet", "ChordPart", "Tables", "Capacity")
+__all__ = ("Capacity", "ChordPart", "Tables", "Task", "TaskExtended", "TaskSet", "Watermark")
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,26 @@ class ChordPart(_Model):
         return f"<ChordPart {self.group_id}: {self.task_id}>"
 
 
+@dataclass(repr=False, eq=False)
+class Watermark(_Model):
+    """The task table's largest row id at a moment (rawbackend's own table).
+
+    Rows left unfinished (STARTED, RETRY, ...) have no ``date_done``; a row
+    whose id is at most a watermark's ``max_id`` was first written before its
+    ``recorded_at``, which gives their age without changing Celery's tables.
+    """
+
+    __tablename__: ClassVar[str] = "rawbackend_watermarks"
+    table_name: ClassVar[str] = "rawbackend_watermarks"
+
+    task_table: str | None = None  # whose ids: one table may serve several task tables
+    recorded_at: datetime | None = None
+    max_id: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Watermark {self.task_table}: {self.max_id} at {self.recorded_at}>"
+
+
 class Capacity(NamedTuple):
     """What a column holds, as the server says: ``limit`` characters or bytes."""
 
@@ -189,7 +209,8 @@ SLOT_KINDS = ("table", "table_name", "index", "index_name", "sequence", "sequenc
               "channel", "channel_name")
 KNOWN_SLOTS = frozenset(
     {f"{prefix}_{kind}" for prefix in ("task", "group") for kind in SLOT_KINDS}
-    | {f"chord_{kind}" for kind in SLOT_KINDS if not kind.startswith(("sequence", "channel"))}
+    | {f"{prefix}_{kind}" for prefix in ("chord", "watermark") for kind in SLOT_KINDS
+       if not kind.startswith(("sequence", "channel"))}
 )
 REQUIRED = frozenset({
     "store_result", "store_result_extended", "get_task_meta", "get_task_meta_extended",
@@ -209,7 +230,7 @@ class Tables:
 
     def __init__(
         self, dialect: Dialect, task_cls: type[Task], taskset_cls: type[TaskSet],
-        chord_cls: type[ChordPart] | None = None,
+        chord_cls: type[ChordPart] | None = None, watermark_cls: type[Watermark] | None = None,
     ):
         self.dialect = dialect
         self.task_cls = task_cls
@@ -218,14 +239,19 @@ class Tables:
             chord_cls = ChordPart.bound()
             chord_cls.configure(schema=taskset_cls.table_schema)
         self.chord_cls = chord_cls
+        if watermark_cls is None:
+            watermark_cls = Watermark.bound()
+            watermark_cls.configure(schema=task_cls.table_schema)
+        self.watermark_cls = watermark_cls
         self.key = (
             dialect.name, task_cls.table_schema, task_cls.table_name,
             taskset_cls.table_schema, taskset_cls.table_name,
             chord_cls.table_schema, chord_cls.table_name,
+            watermark_cls.table_schema, watermark_cls.table_name,
         )
         self._filled = {
             **self._slots("task", task_cls), **self._slots("group", taskset_cls),
-            **self._slots("chord", chord_cls),
+            **self._slots("chord", chord_cls), **self._slots("watermark", watermark_cls),
         }
         self.variant: str | None = None
         self.sql: dict[str, str] = self._render(None)

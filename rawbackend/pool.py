@@ -85,8 +85,10 @@ class Pool:
         # Called with a copy of the connect keywords before every new
         # connection, e.g. to put in a freshly minted password.
         self.connect_hooks: list[Callable[[dict], None]] = []
-        # Whether the server ever accepted a connection from this pool.
+        # Whether the server ever accepted a connection from this pool, and
+        # whether one that takes writes did (not a standby).
         self.answered = False
+        self.answered_writable = False
         # Called with each new driver connection before it is used, e.g. to
         # set a session variable once instead of on every checkout.
         self.on_connect: list[Callable[[Any], None]] = []
@@ -166,10 +168,13 @@ class Pool:
             conn = self.dialect.connect(params)
         except Exception as exc:
             raise ConnectFailed(
-                f"rawbackend: could not connect to {self.dialect.describe(params)}: {exc}",
+                f"rawbackend: could not connect to {self.dialect.describe(params)}: {exc}"
+                f"{self.dialect.connect_hint(exc)}",
                 classify(self.dialect.errors, exc),
             ) from exc
         self.answered = True
+        if not self.dialect.read_only(conn):
+            self.answered_writable = True
         try:
             for hook in self.on_connect:
                 hook(conn)

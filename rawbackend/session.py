@@ -18,7 +18,7 @@ from typing import Any
 
 from celery.utils.time import get_exponential_backoff_interval
 
-from .errors import classify
+from .errors import ReadOnlyServer, Verdict, classify
 from .loader import load_dialect
 from .models import KNOWN_SLOTS, REQUIRED
 from .pool import Pool, PooledConnection
@@ -97,41 +97,61 @@ class Session:
 
     def _run(self, sql: str, params: dict | None, consume: Callable):
         engine = self.engine
-        if self._pooled is None:
-            self._pooled = engine.getconn()
         if engine.echo:
             echo_logger.info("%s %r", sql, params)
-        try:
-            return _execute(self._pooled, engine.dialect.keep_cursor, sql, params, consume)
-        except Exception as exc:
-            verdict = classify(engine.dialect.errors, exc)
-            if verdict is None:
-                raise
-            pooled, self._pooled = self._pooled, None
-            if verdict.disconnect:
-                # The next connection goes to another host of the URL, if it
-                # names several: this one may keep refusing (a Galera node cut
-                # off from its cluster, a read-only server).
-                engine.dialect.server_failed(pooled.conn)
-            if engine.dialect.errors.code_of(exc) in engine.dialect.unprepare_codes:
-                # Behind PgBouncer in transaction mode, the statement psycopg
-                # prepared went with another server connection. Stop preparing
-                # on this pool, and run the (idempotent) statement again.
-                engine.disable_prepare()
-                engine.putconn(pooled, discard=True)
-            elif verdict.disconnect and not pooled.fresh:
-                # A pooled connection died while idle (server restart, idle
-                # kill): this is pre-ping without a ping on the healthy path.
-                # Its idle siblings are likely dead too. Every statement we
-                # run is idempotent, so running it again is safe.
-                engine.putconn(pooled, discard=True)
-                engine.dispose()
-            else:
-                engine.putconn(pooled, discard=verdict.disconnect)
-                raise
-            logger.info("rawbackend: %s; running the statement again on a new connection", exc)
-            self._pooled = engine.getconn()
-            return _execute(self._pooled, engine.dialect.keep_cursor, sql, params, consume)
+        # Once more on a new connection when the first turns out to be
+        # unusable, never twice: every statement we run is idempotent.
+        may_rerun = True
+        while True:
+            if self._pooled is None:
+                self._pooled = engine.getconn()
+            try:
+                return _execute(self._pooled, engine.dialect.keep_cursor, sql, params, consume)
+            except Exception as exc:
+                verdict = classify(engine.dialect.errors, exc)
+                if verdict is None:
+                    raise
+                pooled, self._pooled = self._pooled, None
+                if verdict.disconnect:
+                    # The next connection goes to another host of the URL, if it
+                    # names several: this one may keep refusing (a Galera node cut
+                    # off from its cluster, a read-only server).
+                    engine.dialect.server_failed(pooled.conn)
+                if may_rerun and engine.dialect.errors.code_of(exc) in engine.dialect.unprepare_codes:
+                    # Behind PgBouncer in transaction mode, the statement psycopg
+                    # prepared went with another server connection. Stop preparing
+                    # on this pool, and run the statement again.
+                    engine.disable_prepare()
+                    engine.putconn(pooled, discard=True)
+                elif may_rerun and verdict.disconnect and not pooled.fresh:
+                    # A pooled connection died while idle (server restart, idle
+                    # kill): this is pre-ping without a ping on the healthy path.
+                    # Its idle siblings are likely dead too.
+                    engine.putconn(pooled, discard=True)
+                    engine.dispose()
+                else:
+                    read_only = None
+                    if verdict.read_only:  # asked where it went before the connection closes
+                        read_only = _read_only_error(engine, pooled.conn, exc, verdict)
+                    engine.putconn(pooled, discard=verdict.disconnect)
+                    if read_only is not None:
+                        raise read_only from exc
+                    raise
+                logger.info("rawbackend: %s; running the statement again on a new connection", exc)
+                may_rerun = False
+
+
+def _read_only_error(engine: Pool, conn, exc: Exception, verdict: Verdict) -> ReadOnlyServer:
+    """The error of a write that reached a server taking none: which server,
+    and how to reach the primary instead."""
+    dialect = engine.dialect
+    where = dialect.address_of(conn) or ", ".join(dialect.locations(engine.params))
+    return ReadOnlyServer(
+        f"rawbackend: the {dialect.name} server at {where} is read-only (a standby, or a "
+        f"read-only session): {exc}; nothing was written. To write to the primary, "
+        f"{dialect.read_only_hint or 'point the URL at it'}",
+        verdict,
+    )
 
 
 def _execute(pooled: PooledConnection, keep: bool, sql, params, consume):
@@ -206,6 +226,7 @@ class SessionManager:
         self._sessions: dict[str, Callable[[], Session]] = {}
         self._prepared: set = set()
         self._answered: set[str] = set()  # URLs whose server answered once
+        self._answered_writable: set[str] = set()  # ... and took writes (not a standby)
         self._lock = threading.Lock()
         self.forked = False
         self.prepared = False
@@ -296,22 +317,32 @@ class SessionManager:
         if engine is not None:
             if engine.answered:
                 self._answered.add(dburi)
+            if engine.answered_writable:
+                self._answered_writable.add(dburi)
             engine.dispose()
         self._prepared = {key for key in self._prepared if engine is None or key[0] != id(engine)}
 
-    def has_answered(self, dburi: str) -> bool:
+    def has_answered(self, dburi: str, writable: bool = False) -> bool:
         """Whether a server ever accepted a connection for ``dburi`` in this
-        manager (in a forked child: in its parent too)."""
+        manager (in a forked child: in its parent too); with ``writable``, a
+        server that takes writes (not a standby)."""
         engine = self._engines.get(dburi)
+        if writable:
+            return dburi in self._answered_writable or (
+                engine is not None and engine.answered_writable)
         return dburi in self._answered or (engine is not None and engine.answered)
 
     def wait_for_server(self, dburi: str, budget: float, **kwargs) -> bool:
         """Try to connect until the server answers or ``budget`` seconds pass.
 
         Used between retries after a disconnect, so that a server restart costs
-        a stall instead of a lost result. The connection made goes into the pool.
+        a stall instead of a lost result. Where a server that takes writes
+        answered before, one that doesn't (the standby of a failover not done
+        yet, through a URL naming both) does not count. The connection made
+        goes into the pool.
         """
         engine = self.get_engine(dburi, **kwargs)
+        writable = self.has_answered(dburi, writable=True)
         deadline = time.monotonic() + budget
         attempt = 0
         while True:
@@ -320,15 +351,17 @@ class SessionManager:
             except Exception as exc:
                 if classify(engine.dialect.errors, exc) is None:
                     raise
-                pause = min(WAIT_FIRST_PAUSE * 2 ** attempt, WAIT_MAX_PAUSE,
-                            deadline - time.monotonic())
-                attempt += 1
-                if pause <= 0:
-                    return False
-                time.sleep(pause)
             else:
-                engine.putconn(pooled)
-                return True
+                if not (writable and engine.dialect.read_only(pooled.conn)):
+                    engine.putconn(pooled)
+                    return True
+                engine.putconn(pooled, discard=True)
+            pause = min(WAIT_FIRST_PAUSE * 2 ** attempt, WAIT_MAX_PAUSE,
+                        deadline - time.monotonic())
+            attempt += 1
+            if pause <= 0:
+                return False
+            time.sleep(pause)
 
 
 def apply_lock_timeout(engine: Pool, seconds: float) -> None:

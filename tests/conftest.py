@@ -99,11 +99,13 @@ class Database:
     schema: str | None = None  # PostgreSQL: a schema of the test's own
     apps: list = field(default_factory=list)
     chord_table: str = "rawbackend_chordmeta"  # rawbackend's own, next to the group table
+    watermark_table: str = "rawbackend_watermarks"  # rawbackend's own, next to the task table
 
     def conf(self, **extra) -> dict:
         conf = {
             "database_table_names": {
                 "task": self.task_table, "group": self.group_table, "chord": self.chord_table,
+                "watermark": self.watermark_table,
             },
             "result_serializer": "json",
             "accept_content": ["json"],
@@ -178,7 +180,7 @@ def _drop(db: Database) -> None:
     elif db.dialect == "mysql":
         # rawbackend_chordmeta: the chord table of tests that name only Celery's tables.
         db.query(f"DROP TABLE IF EXISTS `{db.task_table}`, `{db.group_table}`, `{db.chord_table}`, "
-                 "rawbackend_chordmeta")
+                 f"`{db.watermark_table}`, rawbackend_chordmeta, rawbackend_watermarks")
         # MariaDB: Celery's sequences have fixed names in the database itself.
         db.query("DROP SEQUENCE IF EXISTS task_id_sequence, taskset_id_sequence")
 
@@ -189,7 +191,8 @@ def make_database(dialect: str, tmp_path) -> Database:
     if dialect == "sqlite":
         url = f"sqlite:///{tmp_path / 'results.db'}"
         return Database(dialect, url, "celery_taskmeta", "celery_tasksetmeta")
-    db = Database(dialect, server_url(dialect), f"t_{suffix}", f"g_{suffix}", chord_table=f"c_{suffix}")
+    db = Database(dialect, server_url(dialect), f"t_{suffix}", f"g_{suffix}", chord_table=f"c_{suffix}",
+                  watermark_table=f"w_{suffix}")
     if dialect == "postgresql":
         db.schema = f"s_{suffix}"
         db.query(f'CREATE SCHEMA "{db.schema}"')

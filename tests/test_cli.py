@@ -54,8 +54,8 @@ def test_schema_follows_the_apps_table_names_and_schemas(db, tmp_path):
     """))
     done = run_command("-A", "proj", "schema", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("CREATE TABLE") == 3
-    for table in (db.task_table, db.group_table, db.chord_table):
+    assert done.stdout.count("CREATE TABLE") == 4
+    for table in (db.task_table, db.group_table, db.chord_table, db.watermark_table):
         assert table in done.stdout
     if db.schema:
         assert f'"{db.schema}"."{db.task_table}"' in done.stdout

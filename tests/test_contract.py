@@ -5,6 +5,7 @@ looks behind the backend with a bare driver connection.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -20,8 +21,8 @@ from celery.exceptions import ImproperlyConfigured, TaskRevokedError
 from celery.result import AsyncResult, GroupResult, result_from_tuple
 from kombu.exceptions import DecodeError, EncodeError
 
-import rawbackend.backend
 from rawbackend import DatabaseBackend
+from rawbackend.dialects import Batching
 from rawbackend.errors import ConnectFailed
 
 # -- helpers ------------------------------------------------------------------
@@ -382,9 +383,9 @@ def test_cleanup_deletes_only_expired_rows(db):
 
 def test_cleanup_runs_more_than_one_batch(db, monkeypatch):
     """Expired rows beyond one DELETE batch are all deleted."""
-    monkeypatch.setattr(rawbackend.backend, "CLEANUP_BATCH", 3)
     app = db.app(result_expires=timedelta(days=1))
     backend = app.backend
+    monkeypatch.setattr(backend, "dialect", dataclasses.replace(backend.dialect, cleanup=Batching(rows=3)))
     old_tasks, kept = [tid() for _ in range(8)], tid()
     old_groups = [tid() for _ in range(7)]
     for task_id in old_tasks + [kept]:

@@ -9,12 +9,12 @@ import pytest
 
 from rawbackend import errcodes
 from rawbackend.dialects import MYSQL, POSTGRESQL, SQLITE
-from rawbackend.errcodes import DISCONNECT, TRANSIENT
-from rawbackend.errors import classify
+from rawbackend.errcodes import DISCONNECT, READ_ONLY, TRANSIENT
+from rawbackend.errors import ConnectFailed, ReadOnlyServer, classify
 
 POSTGRESQL_PINNED = {
     "40001": TRANSIENT, "40P01": TRANSIENT, "57P01": DISCONNECT, "57P02": DISCONNECT,
-    "57P03": DISCONNECT, "57P05": DISCONNECT, "53300": TRANSIENT, "55P03": TRANSIENT,
+    "57P03": DISCONNECT, "57P05": DISCONNECT, "25006": READ_ONLY, "53300": TRANSIENT, "55P03": TRANSIENT,
     "57014": TRANSIENT, "26000": TRANSIENT, "42P05": TRANSIENT,
 }
 MYSQL_PINNED = {
@@ -31,6 +31,46 @@ def test_tables_are_pinned():
     assert errcodes.POSTGRESQL_UNPREPARE == {"26000", "42P05"}
     assert errcodes.MYSQL_CODES == MYSQL_PINNED
     assert errcodes.SQLITE_CODES == {5: TRANSIENT, 6: TRANSIENT}
+
+
+def test_a_read_only_server_drops_the_connection():
+    """25006 (a write that reached a standby): the connection goes, and the
+    next one may reach the new primary."""
+    assert READ_ONLY.transient and READ_ONLY.disconnect and READ_ONLY.read_only
+    assert not DISCONNECT.read_only and not TRANSIENT.read_only
+    exc = psycopg.errors.lookup("25006")("cannot execute INSERT in a read-only transaction")
+    assert classify(POSTGRESQL.errors, exc) == READ_ONLY
+    # rawbackend's own errors carry the verdict of the driver's error they name.
+    assert classify(POSTGRESQL.errors, ReadOnlyServer("the server is read-only", READ_ONLY)) == READ_ONLY
+    assert classify(POSTGRESQL.errors, ConnectFailed("could not connect", DISCONNECT)) == DISCONNECT
+
+
+# libpq's own text when no host of a list would do (psycopg 3.3, libpq 18).
+LIBPQ_NONE_WRITABLE = (
+    'connection failed: connection to server at "127.0.0.1", port 5433 failed: session is '
+    "read-only\nMultiple connection attempts failed. All failures were:\n- host: '127.0.0.1', "
+    "port: '5432', hostaddr: '127.0.0.1': connection failed: connection to server at "
+    '"127.0.0.1", port 5432 failed: Connection refused\n- host: \'127.0.0.1\', port: \'5433\', '
+    "hostaddr: '127.0.0.1': connection failed: connection to server at \"127.0.0.1\", port "
+    "5433 failed: session is read-only"
+)
+
+
+def test_a_connect_that_no_host_took_is_a_disconnect():
+    """libpq's failures of a host list carry no SQLSTATE: the codeless rule
+    makes them a disconnect, waited for once the URL has answered."""
+    assert classify(POSTGRESQL.errors, psycopg.OperationalError(LIBPQ_NONE_WRITABLE)) == DISCONNECT
+
+
+def test_a_connect_that_found_only_standbys_says_so():
+    hint = POSTGRESQL.connect_hint(psycopg.OperationalError(LIBPQ_NONE_WRITABLE))
+    assert hint == (". No host of the URL would do: a host that answered is read-only (a standby, "
+                    "or default_transaction_read_only is on) and the URL asks for "
+                    "target_session_attrs=read-write")
+    primary = POSTGRESQL.connect_hint(psycopg.OperationalError("... failed: server is in hot standby mode"))
+    assert "is a standby and the URL asks for target_session_attrs=primary" in primary
+    assert POSTGRESQL.connect_hint(psycopg.OperationalError("Connection refused")) == ""
+    assert MYSQL.connect_hint(pymysql.err.OperationalError(2003, "session is read-only")) == ""
 
 
 def pg_error(sqlstate: str | None, cls=psycopg.errors.DatabaseError):

@@ -108,7 +108,7 @@ def test_variant_creates_sequences_before_the_tables_that_use_them():
     creates = [name for name in tables.sql if name.startswith("create_")]
     assert creates == ["create_task_sequence", "create_task_table",
                        "create_group_sequence", "create_group_table",
-                       "create_chord_table"]  # sql/mysql/'s: it needs no sequence
+                       "create_chord_table", "create_watermark_table"]  # sql/mysql/'s: no sequence
 
 
 def test_galera_refines_mariadb_and_keeps_sequences_first():
@@ -122,7 +122,8 @@ def test_galera_refines_mariadb_and_keeps_sequences_first():
     tables.use_variant("galera")
     creates = [name for name in tables.sql if name.startswith("create_")]
     assert creates == ["create_task_sequence", "create_group_sequence",
-                       "create_task_table", "create_group_table", "create_chord_table"]
+                       "create_task_table", "create_group_table", "create_chord_table",
+                       "create_watermark_table"]
     assert "INCREMENT BY 0" in tables.sql["create_task_sequence"]
     assert "NEXTVAL" in tables.sql["store_result"]  # sql/mariadb/'s
     assert "wsrep_sync_wait" not in tables.sql["store_result"]

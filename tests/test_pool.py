@@ -168,3 +168,38 @@ def test_fork_child_never_uses_or_closes_the_parents_connections(fake):
         parents.conn.peer.recv(100)  # nothing was said on the parent's socket
     again = pool.getconn()
     assert again.conn is parents.conn and not again.conn.closed
+
+
+def test_after_a_primary_answered_a_standby_does_not_end_the_wait(fake):
+    """A failover through a URL naming both nodes: once a server that takes
+    writes answered, the wait after a disconnect goes on past connections to
+    a standby (closed) until one takes writes again; where none ever did (a
+    reader on a standby), the first connection ends it."""
+    from rawbackend.session import SessionManager
+
+    standby = iter([False, True, True, False])  # primary; then the standby twice; then promoted
+    made = []
+
+    def connect(params):
+        conn = FakeConnection(params)
+        conn.read_only = next(standby)
+        made.append(conn)
+        return conn
+
+    dialect = dataclasses.replace(fake, connect=connect, read_only=lambda conn: conn.read_only)
+    manager = SessionManager()
+    url = "sqlite:///failover.db"
+    pool = manager._engines[url] = Pool(dialect, {})
+    pool.putconn(pool.getconn())
+    assert pool.answered_writable and manager.has_answered(url, writable=True)
+    pool.dispose()  # the primary went away
+    assert manager.wait_for_server(url, budget=5)
+    assert [c.read_only for c in made] == [False, True, True, False]
+    assert [c.closed for c in made] == [True, True, True, False]  # the new primary's is pooled
+    assert pool.status()["idle"] == 1
+
+    reader = SessionManager()
+    standby = iter([True])  # what connect() reads next: a standby
+    pool = reader._engines[url] = Pool(dialect, {})
+    assert reader.wait_for_server(url, budget=5)
+    assert not reader.has_answered(url, writable=True) and reader.has_answered(url)

@@ -136,7 +136,9 @@ def test_installed_wheel_stores_and_reads(venv_python, tmp_path):
     assert Path(report["rawbackend_file"]) == package / "__init__.py", report
     assert not Path(report["rawbackend_file"]).is_relative_to(ROOT)
     assert Path(report["sql_root"]) == package / "sql"
-    assert report["sqlite_files"] == ["chords.sql", "migrate.sql", "results.sql", "schema.sql"]
+    assert report["sqlite_files"] == [
+        "chords.sql", "expiry.sql", "migrate.sql", "results.sql", "schema.sql", "stats.sql"
+    ]
     assert report["backend_class"] == "rawbackend.backend.DatabaseBackend"
     assert report["result"] == {"answer": 42}
     assert str(ROOT) not in report["sys_path"]

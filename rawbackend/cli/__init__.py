@@ -26,7 +26,7 @@ __all__ = ("main", "open_backend", "session", "EXIT_OK", "EXIT_PROBLEM", "EXIT_U
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 # The commands, in the order --help lists them: modules of this package.
-COMMANDS = ("schema", "check", "migrate")
+COMMANDS = ("schema", "check", "migrate", "cleanup", "stats")
 
 URL_VARIABLE = "RAWBACKEND_URL"
 

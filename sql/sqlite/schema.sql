@@ -56,3 +56,14 @@ CREATE TABLE IF NOT EXISTS {chord_table} (
 -- The date_done index that cleanup() uses.
 -- why: SQLite names the index, not the table, with its schema.
 CREATE INDEX IF NOT EXISTS {chord_index} ON {chord_table_name} (date_done);
+
+-- name: create_watermark_table
+-- rawbackend's own: the task table's largest id at moments, to tell how old an unfinished row is.
+-- why: unfinished rows have no date_done; a row whose id is at most max_id was
+-- why: first written before recorded_at. Celery's backend never reads the table.
+CREATE TABLE IF NOT EXISTS {watermark_table} (
+    task_table VARCHAR(255) NOT NULL,
+    recorded_at DATETIME NOT NULL,
+    max_id BIGINT NOT NULL,
+    PRIMARY KEY (task_table, recorded_at)
+);

@@ -97,7 +97,7 @@ def _writer(url, conf, prefix, app_prefix, writer, threads, per_thread, progress
 
     def loop(thread: int) -> None:
         slot = writer * threads + thread
-        attempted, failed = 0, []
+        attempted, failed, timings = 0, [], []
         longest, longest_at = 0.0, None
         first = time.monotonic()
         while attempted < per_thread and not stop.is_set():
@@ -108,6 +108,7 @@ def _writer(url, conf, prefix, app_prefix, writer, threads, per_thread, progress
             except Exception as exc:  # counted: the test says what it means
                 failed.append(f"{tid}: {exc!r}"[:300])
             took = time.monotonic() - began
+            timings.append((began, took))
             if took > longest:
                 longest, longest_at = took, began
             attempted += 1
@@ -115,6 +116,7 @@ def _writer(url, conf, prefix, app_prefix, writer, threads, per_thread, progress
         results[thread] = {
             "attempted": attempted, "failed": failed, "longest": longest,
             "longest_at": longest_at, "first": first, "last": time.monotonic(),
+            "timings": timings,
         }
 
     workers = [threading.Thread(target=loop, args=(t,)) for t in range(threads)]
@@ -183,6 +185,7 @@ class Outcome:
     hung: list[str] = field(default_factory=list)  # killed after the join timeout
     window: tuple[float, float] | None = None  # the outage, when one was measured
     events: list = field(default_factory=list, repr=False)  # the writers' retries, in time order
+    timings: list = field(default_factory=list, repr=False)  # (began, seconds) of every store
 
     @property
     def throughput(self) -> float:
@@ -295,6 +298,7 @@ class Load:
             exit_codes=[p.exitcode for p in self.processes],
             crashes=crashes,
             events=sorted(tuple(e) for w in writers for e in w.get("events", ())),
+            timings=sorted(tuple(t) for _, _, r in threads for t in r.get("timings", ())),
             expected={task_id(self.prefix, w, t, k)
                       for w, t, r in threads for k in range(r["attempted"])},
         )
