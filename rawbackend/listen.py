@@ -18,9 +18,13 @@ Nothing is ever missed for good:
   ids being waited for, and wakes those that are ready (a notification lost
   with a connection); and a waiter re-reads on its own after ``WATCHDOG``.
 Before trusting a new connection, the listener sends itself a probe from
-another connection: behind PgBouncer in transaction mode LISTEN runs on a
-server connection the listener does not keep, the probe never arrives, and
-the process falls back on polling for good (with a warning).
+another connection, on a channel of probes: behind PgBouncer in transaction
+mode LISTEN runs on a server connection the listener does not keep, the probe
+never arrives, and the process falls back on polling for good (with a
+warning). Only once a probe arrived does it LISTEN on the table's channel: a
+LISTEN left on a server connection that PgBouncer lends to others would hand
+every store's notification to whichever client holds it (and psycopg keeps
+them, unread, on pooled connections).
 """
 from __future__ import annotations
 
@@ -106,6 +110,8 @@ class Listener:
                  probe: Callable[[str], None], name: str = ""):
         self._connect = connect  # a new autocommit driver connection
         self._listen_sql = sql["notify_listen"]
+        self._listen_probe_sql = sql["notify_listen_probe"]
+        self._unlisten_probe_sql = sql["notify_unlisten_probe"]
         self._ready_sql = sql["notify_ready_ids"]
         self._probe = probe  # sends a payload on the channel from another connection
         self.name = name
@@ -198,19 +204,18 @@ class Listener:
         self._wake_all()  # waiters poll from here
 
     def _listen(self, conn) -> bool:
-        """LISTEN, and check with a probe that notifications arrive."""
+        """Check with a probe that notifications arrive here, then LISTEN."""
         conn.prepare_threshold = None  # nothing server-side to lose (PgBouncer)
-        conn.execute(self._listen_sql)
+        conn.execute(self._listen_probe_sql)
         token = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         self._probe(token)
         arrived = False
         notifies = conn.notifies(timeout=PROBE_TIMEOUT)
         try:
             for notify in notifies:
-                if notify.payload == token:
+                if notify.payload == token:  # not another listener's probe
                     arrived = True
                     break
-                self._wake(notify.payload)
         finally:
             notifies.close()  # it holds the connection's lock until closed
         if not arrived:
@@ -222,6 +227,9 @@ class Listener:
                 "rawbackend: %s: waiters poll for results in this process. Behind PgBouncer "
                 "in transaction mode, set database_notify = False", self.unusable)
             return False
+        # The probe came back on this session: it is ours, LISTEN holds on it.
+        conn.execute(self._listen_sql)
+        conn.execute(self._unlisten_probe_sql)
         with self._lock:
             self.epoch += 1
             self.active = True

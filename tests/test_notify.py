@@ -385,6 +385,52 @@ def test_behind_pgbouncer_notifications_are_found_unusable_and_waiters_poll(pg_d
     assert time.monotonic() - started < 2.0  # the adaptive poll (interval 0.5 s)
 
 
+def heard_on_each_server_connection(bouncer_url: str, channel: str, servers: int) -> list[str]:
+    """Notify ``channel`` once from each of PgBouncer's ``servers`` server
+    connections (as many clients, each holding one in a transaction): what
+    they heard. A server connection where a LISTEN on ``channel`` was left
+    hears its own notification at COMMIT and hands it to its client."""
+    heard: list[str] = []
+    clients = [psycopg.connect(bouncer_url, prepare_threshold=None) for _ in range(servers)]
+    try:
+        for client in clients:
+            client.add_notify_handler(lambda notify: heard.append(notify.channel))
+            client.execute("SELECT pg_notify(%s, 'x')", (channel,))  # BEGIN: holds a server connection
+        for client in clients:
+            client.commit()
+    finally:
+        for client in clients:
+            client.close()
+    return heard
+
+
+def test_behind_pgbouncer_the_giving_up_listener_leaves_no_listen_on_the_tables_channel(
+        pg_db, pgbouncer):
+    """The listener's LISTEN went to a server connection that PgBouncer lends
+    to others: had it been on the table's channel, every later store would
+    hand a notification to whichever client holds that connection, and
+    psycopg keeps each one (in a backlog without end) on pooled connections
+    that never read them. The listener probes on a channel of probes first,
+    and LISTENs on the table's channel only once the probe arrived."""
+    through = dataclasses.replace(pg_db, url=pgbouncer.url)
+    backend = through.backend(database_notify=True)
+    backend.store_result("warm", 0, states.SUCCESS)
+    task_id = new_id()
+    waiter = Waiter(backend, [task_id], timeout=listen.PROBE_TIMEOUT + 20)
+    waiter.start()
+    listener = wait_until(lambda: listen._LISTENERS.get((backend.url, backend.tables.sql["notify_listen"])),
+                          "the listener")
+    wait_until(lambda: listener.unusable, "the listener giving up", timeout=listen.PROBE_TIMEOUT + 10)
+
+    servers = 2  # the fixture's default_pool_size: each is covered
+    # The LISTEN left behind is there (the check can see one)...
+    assert "rawbackend:probe" in heard_on_each_server_connection(pgbouncer.url, "rawbackend:probe", servers)
+    # ... and it is not on the table's channel.
+    assert heard_on_each_server_connection(pgbouncer.url, listen_channel(backend), servers) == []
+    backend.store_result(task_id, 1, states.SUCCESS)
+    assert waiter.result() == 1  # polling
+
+
 def test_an_idle_listener_closes_its_connection_and_listens_again_for_the_next_waiter(
         pg_db, no_poll, monkeypatch):
     monkeypatch.setattr(listen, "IDLE_CLOSE", 0.5)

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -47,6 +49,15 @@ def free_port() -> int:
 @pytest.fixture
 def pgbouncer(tmp_path) -> Bouncer:
     """A PgBouncer of this test's own, transaction pooling, 2 server connections."""
+    with running_pgbouncer(tmp_path, default_pool_size=2, max_client_conn=100) as bouncer:
+        yield bouncer
+
+
+@contextmanager
+def running_pgbouncer(directory: Path, server_user: str | None = None, **settings) -> Iterator[Bouncer]:
+    """A PgBouncer in front of the test server, transaction pooling, with
+    ``settings`` in its [pgbouncer] section; its files in ``directory``.
+    ``server_user``: the role it logs in to the server as (default: the client's)."""
     require_server("postgresql")
     exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.access(exe, os.X_OK):
@@ -59,9 +70,15 @@ def pgbouncer(tmp_path) -> Bouncer:
     target = f"host={server.get('host', '127.0.0.1')} port={server.get('port', 5432)} dbname={dbname}"
     if server.get("password"):
         target += f" password={server['password']}"
+    if server_user:
+        target += f" user={server_user}"
     port = free_port()
-    (tmp_path / "userlist.txt").write_text(f'"{user}" ""\n')
-    config = tmp_path / "pgbouncer.ini"
+    (directory / "userlist.txt").write_text(f'"{user}" ""\n')
+    # PgBouncer 1.21+ can track protocol-level prepared statements; keep
+    # the classic behaviour that psycopg's preparation breaks under, unless asked.
+    if _version(exe) >= (1, 21):
+        settings.setdefault("max_prepared_statements", 0)
+    config = directory / "pgbouncer.ini"
     config.write_text(
         "[databases]\n"
         f"{dbname} = {target}\n"
@@ -70,18 +87,14 @@ def pgbouncer(tmp_path) -> Bouncer:
         f"listen_port = {port}\n"
         "unix_socket_dir =\n"
         "auth_type = trust\n"
-        f"auth_file = {tmp_path / 'userlist.txt'}\n"
+        f"auth_file = {directory / 'userlist.txt'}\n"
         "pool_mode = transaction\n"
-        "default_pool_size = 2\n"
-        "max_client_conn = 100\n"
-        # PgBouncer 1.21+ can track protocol-level prepared statements; keep
-        # the classic behaviour that psycopg's preparation breaks under.
-        + ("max_prepared_statements = 0\n" if _version(exe) >= (1, 21) else "")
+        + "".join(f"{key} = {value}\n" for key, value in settings.items())
     )
     # PgBouncer refuses to run as root; -u drops to nobody after reading the
-    # config (so tmp_path may stay private). Logs go to stderr, into a file.
+    # config (so the directory may stay private). Logs go to stderr, into a file.
     command = [exe, *(["-u", "nobody"] if os.geteuid() == 0 else []), str(config)]
-    log = tmp_path / "pgbouncer.log"
+    log = directory / "pgbouncer.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -95,6 +108,12 @@ def pgbouncer(tmp_path) -> Bouncer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def pgbouncer_version() -> tuple[int, int]:
+    """The installed PgBouncer's (major, minor); (0, 0) when there is none."""
+    exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return _version(exe) if os.access(exe, os.X_OK) else (0, 0)
 
 
 def _version(exe: str) -> tuple[int, int]:

@@ -49,14 +49,24 @@ WITH stored AS (
 SELECT pg_notify({task_channel_name}, task_id) FROM stored
 WHERE status IN ('SUCCESS', 'FAILURE', 'REVOKED');
 
+-- name: notify_listen_probe
+-- Listen on the channel of probes, first: the listener checks that its notifications arrive.
+-- why: behind PgBouncer in transaction mode this LISTEN stays on a server connection
+-- why: that PgBouncer lends to others; there it hears only the odd probe, never a store.
+LISTEN "rawbackend:probe";
+
+-- name: notify_probe
+-- Send %(payload)s on the channel of probes (from a connection other than the listener's).
+SELECT pg_notify('rawbackend:probe', %(payload)s);
+
 -- name: notify_listen
--- Listen on the task table's channel (the listener's own connection).
+-- Listen on the task table's channel (the listener's own connection, once a probe arrived).
 -- why: LISTEN takes an identifier, quoted; pg_notify above takes the same name as text.
 LISTEN {task_channel};
 
--- name: notify_probe
--- Send %(payload)s on the channel: the listener checks that its notifications arrive.
-SELECT pg_notify({task_channel_name}, %(payload)s);
+-- name: notify_unlisten_probe
+-- Stop listening on the channel of probes (listening on the table's channel now).
+UNLISTEN "rawbackend:probe";
 
 -- name: notify_ready_ids
 -- Those of %(task_ids)s that are ready: the listener's safety check for lost notifications.
