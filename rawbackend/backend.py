@@ -25,7 +25,7 @@ from .expiry import Cleanup, Report, unfinished_setting
 from .listen import Listener, Watch, listener_for
 from .models import ChordPart, Tables, Task, TaskExtended, TaskSet, Watermark
 from .session import Session, SessionManager
-from .url import parse_url, strip_prefix
+from .url import parse_url, sanitize_url, strip_prefix
 from .waiting import pauses
 
 __all__ = ("DatabaseBackend",)
@@ -221,6 +221,12 @@ class DatabaseBackend(BaseBackend):
         if self._extended is not None:
             return self._extended
         return self.app.conf.find_value_for_key("extended", "result")
+
+    def as_uri(self, include_password=False):
+        """The URL, its password masked unless asked (the worker's banner).
+        Celery's goes through kombu's parser, which raises on a URL naming
+        several hosts (host1:5432,host2:5432): the worker would not start."""
+        return self.url if include_password else sanitize_url(self.url)
 
     # -- retries: Celery's loop in base.py, our verdicts -----------------------
 

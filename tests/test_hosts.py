@@ -108,3 +108,32 @@ def test_connect_starts_at_the_host_after_one_that_failed(monkeypatch):
     single = dialects.MYSQL.connect({"host": "a", "port": 1})
     dialects.MYSQL.server_failed(single)  # one host: nothing to move
     assert dialects._FIRST_HOST == {tuple(hosts): 0}
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:s3cret@h1:5432,h2:5433/db?target_session_attrs=read-write",
+    "postgresql+psycopg://u:s3cret@/db?host=h1:5432&host=h2:5432",
+    "mysql://root:s3cret@n1:3306,n2:3307/test",
+])
+def test_the_workers_banner_shows_a_host_list_without_its_password(url):
+    """The worker prints ``backend.as_uri()`` at start: with several hosts it
+    must neither raise (kombu's parser does) nor show the password."""
+    from rawbackend import DatabaseBackend
+
+    app = Celery("banner", set_as_current=False)
+    backend = DatabaseBackend(app=app, url=f"rawdb+{url}", create_tables_at_setup=False)
+    shown = backend.as_uri()
+    assert "s3cret" not in shown and ":**@" in shown
+    assert shown.replace(":**@", ":s3cret@") == url
+    assert backend.as_uri(include_password=True) == url
+
+
+def test_the_banner_of_one_host_is_as_celerys():
+    from kombu.utils.url import maybe_sanitize_url
+
+    from rawbackend import DatabaseBackend
+
+    url = "postgresql://u:s3cret@db.example.com:5432/results"
+    backend = DatabaseBackend(app=Celery("banner", set_as_current=False), url=url,
+                              create_tables_at_setup=False)
+    assert backend.as_uri() == maybe_sanitize_url(url)
